@@ -6,30 +6,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Domain',
+            name="Domain",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=253)),
-                ('description', models.CharField(blank=True, max_length=255)),
-                ('is_active', models.BooleanField(default=True, verbose_name='active')),
-                ('max_mailboxes', models.PositiveIntegerField(default=0, help_text='0 means no limit.')),
-                ('default_send_rate', models.PositiveIntegerField(default=200, validators=[django.core.validators.MinValueValidator(1)], verbose_name='default send rate per mailbox per hour')),
-                ('cram_md5_enabled', models.BooleanField(default=False, verbose_name='CRAM-MD5 enabled')),
-                ('require_app_passwords', models.BooleanField(default=False, help_text='Refuse the mailbox password for SMTP; only app passwords work.')),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('updated', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=253)),
+                ("description", models.CharField(blank=True, max_length=255)),
+                ("is_active", models.BooleanField(default=True, verbose_name="active")),
+                ("max_mailboxes", models.PositiveIntegerField(default=0, help_text="0 means no limit.")),
+                (
+                    "default_send_rate",
+                    models.PositiveIntegerField(
+                        default=200,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                        verbose_name="default send rate per mailbox per hour",
+                    ),
+                ),
+                ("cram_md5_enabled", models.BooleanField(default=False, verbose_name="CRAM-MD5 enabled")),
+                (
+                    "require_app_passwords",
+                    models.BooleanField(
+                        default=False, help_text="Refuse the mailbox password for SMTP; only app passwords work."
+                    ),
+                ),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("updated", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
-                'constraints': [models.UniqueConstraint(django.db.models.functions.text.Lower('name'), name='accounts_domain_name_ci_unique')],
+                "ordering": ["name"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        django.db.models.functions.text.Lower("name"), name="accounts_domain_name_ci_unique"
+                    )
+                ],
             },
         ),
     ]
