@@ -44,7 +44,11 @@ def snapshot(obj: models.Model) -> dict:
     return {
         field.name: _plain(getattr(obj, field.attname))
         for field in obj._meta.concrete_fields
-        if not field.primary_key and not is_secret_field(field.name)
+        if not field.primary_key
+        and not is_secret_field(field.name)
+        # Timestamps maintained by Django are noise in a diff.
+        and not getattr(field, "auto_now", False)
+        and not getattr(field, "auto_now_add", False)
     }
 
 
