@@ -8,5 +8,6 @@ admin.site.site_header = "Mailadmin (superadmin)"
 urlpatterns = [
     path("", staff_views.dashboard, name="dashboard"),
     path("accounts/", include("allauth.urls")),
+    path("", include("mailadmin.accounts.urls")),
     path("django-admin/", admin.site.urls),
 ]
