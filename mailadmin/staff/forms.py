@@ -60,9 +60,9 @@ class AuditFilterForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for field in self.fields.values():
-            field.widget.attrs.setdefault(
-                "class", "form-select form-select-sm" if isinstance(field, forms.ChoiceField) else "form-control form-control-sm"
-            )
+            is_choice = isinstance(field, forms.ChoiceField)
+            css = "form-select form-select-sm" if is_choice else "form-control form-control-sm"
+            field.widget.attrs.setdefault("class", css)
 
     def clean(self):
         cleaned = super().clean()

@@ -54,9 +54,7 @@ def on_password_changed(sender, request, user, **kwargs):
 
 @receiver(account_signals.password_reset)
 def on_password_reset(sender, request, user, **kwargs):
-    _record_for(
-        request, user, "password_change", changes={"password": [None, audit.REDACTED], "via": [None, "reset"]}
-    )
+    _record_for(request, user, "password_change", changes={"password": [None, audit.REDACTED], "via": [None, "reset"]})
 
 
 def _authenticator_change(request, user, authenticator, before, after):
