@@ -37,6 +37,18 @@ def totp_code(secret: str) -> str:
     return format_hotp_value(hotp_value(secret, int(time.time()) // 30))
 
 
+@pytest.fixture(autouse=True)
+def _live_server_closes_its_connections():
+    # live_server handles each request in a new thread; with persistent connections
+    # (CONN_MAX_AGE) they would outlive the test and block dropping the test database.
+    from django.db import connections
+
+    saved = connections.settings["default"]["CONN_MAX_AGE"]
+    connections.settings["default"]["CONN_MAX_AGE"] = 0
+    yield
+    connections.settings["default"]["CONN_MAX_AGE"] = saved
+
+
 @pytest.fixture(scope="session")
 def browser():
     from playwright.sync_api import sync_playwright
