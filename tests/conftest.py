@@ -9,6 +9,14 @@ from mailadmin.staff.accounts import create_staff
 from mailadmin.staff.models import Role
 
 
+@pytest.fixture(autouse=True)
+def _fast_staff_password_hashing(settings):
+    """Staff fixtures hash with a cheap hasher: Django's full-strength Argon2 made
+    fixture set-up dominate the suite. SMTP credentials name their own hasher
+    explicitly, so the accounts tests still exercise Argon2id."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS]
+
+
 def add_totp(user):
     """Give a staff user a TOTP authenticator; returns the base32 secret."""
     secret = generate_totp_secret()
