@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
@@ -142,22 +141,25 @@ def validate(data: bytes, user) -> tuple[list[Row], list[tuple[int, str]]]:
 
 
 def _limit_errors(rows: list[Row]) -> list[tuple[int, str]]:
+    """Rows beyond what each domain's mailbox limit still allows, by line."""
     errors = []
-    adding = Counter(row.domain.pk for row in rows)
+    by_domain: dict[int, list[Row]] = {}
     for row in rows:
-        domain = row.domain
-        if domain.pk not in adding or not domain.max_mailboxes:
+        by_domain.setdefault(row.domain.pk, []).append(row)
+    for domain_rows in by_domain.values():
+        domain = domain_rows[0].domain
+        if not domain.max_mailboxes:
             continue
         existing = Mailbox.objects.filter(domain=domain).count()
-        if existing + adding[domain.pk] > domain.max_mailboxes:
+        allowed = max(domain.max_mailboxes - existing, 0)
+        for row in domain_rows[allowed:]:
             errors.append(
                 (
                     row.line,
-                    f"over the domain limit: {domain} allows {domain.max_mailboxes} mailboxes, has {existing}, "
-                    f"and the file adds {adding[domain.pk]}",
+                    f"{row.address}: over the domain limit: {domain} allows {domain.max_mailboxes} mailboxes, "
+                    f"has {existing}, and the file adds {len(domain_rows)}",
                 )
             )
-        del adding[domain.pk]
     return errors
 
 
