@@ -78,6 +78,9 @@ def test_auditor_reads_but_cannot_write(auditor_client, mailbox_a, alias_and_app
 
 
 def test_owner_can_do_everything(client_a, mailbox_a, alias_and_app):
+    for name in ("list", "create", "inventory", "policy", "csv_import", "csv_export"):
+        assert client_a.get(reverse(f"mailboxes:{name}")).status_code == 200, name
+    assert client_a.get(reverse("mailboxes:domain_policy", args=[mailbox_a.domain_id])).status_code == 200
     for url in _reads(mailbox_a):
         assert client_a.get(url).status_code == 200, url
     for url, data in _writes(mailbox_a, *alias_and_app):
