@@ -109,7 +109,7 @@ SMTP_ARGON2_MEMORY_COST = env_int("SMTP_ARGON2_MEMORY_COST", 19456, minimum=7168
 SMTP_ARGON2_PARALLELISM = env_int("SMTP_ARGON2_PARALLELISM", 1, minimum=1)
 VERIFY_CONCURRENCY = env_int("VERIFY_CONCURRENCY", os.cpu_count() or 2, minimum=1)
 # Key for CRAM-MD5 secrets at rest: a comma-separated list of Fernet keys,
-# newest first (rotation: prepend a new key, run `manage.py rotate_cram_keys`).
+# newest first (rotation: prepend a new key, run `manage.py rotate_credential_keys`).
 CREDENTIAL_ENCRYPTION_KEYS = env_list("CREDENTIAL_ENCRYPTION_KEYS", [])
 
 # --- allauth: staff login with mandatory MFA, no public sign-up ---
@@ -215,6 +215,23 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- accounts (mailboxes, credentials; README "Mailboxes and credentials") ---
+SCRAM_ITERATIONS = env_int("SCRAM_ITERATIONS", 4096, minimum=4096)
+# Recent successful SMTP verifications kept in memory (see accounts/verify.py).
+VERIFY_CACHE_SIZE = env_int("VERIFY_CACHE_SIZE", 10000, minimum=0)
+VERIFY_CACHE_TTL = env_int("VERIFY_CACHE_TTL", 900, minimum=0)
+MAILBOX_CSV_MAX_BYTES = env_int("MAILBOX_CSV_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
+PASSWORD_EXPIRY_NOTICE_DAYS = env_int("PASSWORD_EXPIRY_NOTICE_DAYS", 7, minimum=1)
+if not CREDENTIAL_ENCRYPTION_KEYS and DEBUG:
+    from mailadmin.accounts.keys import development_key
+
+    CREDENTIAL_ENCRYPTION_KEYS = [development_key(VAR_DIR)]
+# Other apps add their own entries the same way, so merges never conflict.
+CELERY_BEAT_SCHEDULE = {
+    **globals().get("CELERY_BEAT_SCHEDULE", {}),
+    "accounts-notify-expiring-passwords": {"task": "accounts.notify_expiring_passwords", "schedule": 6 * 3600},
 }
 
 # --- smtpd (the SMTP submission server; see README "SMTP submission server") ---
