@@ -3,7 +3,7 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 AUTH_ATTEMPTS = Counter("smtpd_auth_attempts_total", "AUTH attempts by mechanism and result", ["mechanism", "result"])
-SESSIONS = Gauge("smtpd_sessions", "Open SMTP sessions")
+SESSIONS = Gauge("smtpd_open_sessions", "Open SMTP sessions")
 SESSIONS_TOTAL = Counter("smtpd_sessions_total", "SMTP sessions accepted", ["listener"])
 MESSAGES = Counter("smtpd_messages_total", "Messages accepted for delivery")
 PUBLISH_QUEUE = Gauge("smtpd_event_publish_queue_depth", "Auth events waiting in memory to be published")

@@ -137,8 +137,7 @@ async def run_worker(config: Config, ready=print) -> None:
             server = await loop.create_server(
                 lambda listener=listener: SubmissionSMTP(ctx, listener),
                 sock=sock,
-                ssl=context if kind == "tls" else None,
-                ssl_handshake_timeout=30,
+                **({"ssl": context, "ssl_handshake_timeout": 30} if kind == "tls" else {}),
             )
             servers.append(server)
             bound[kind].append(format_address(host, listener.port))
