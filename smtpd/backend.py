@@ -79,6 +79,13 @@ def scram_lookup(client_ip: str, username: str):
 
 
 @_job
+def record_login(mailbox_id: int, client_ip: str, mechanism: str) -> None:
+    from mailadmin.accounts.verify import record_login
+
+    record_login(mailbox_id, client_ip=client_ip, mechanism=mechanism)
+
+
+@_job
 def cram_verify(client_ip: str, username: str, challenge: bytes, digest_hex: str) -> Outcome:
     from mailadmin.accounts.verify import Reason, cram_lookup, normalise_username
 

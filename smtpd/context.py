@@ -81,7 +81,7 @@ class Listener:
 
 
 class ServerContext:
-    CRAM_CHECK_INTERVAL = 5.0  # seconds between "is CRAM-MD5 enabled anywhere?" queries
+    CRAM_CHECK_INTERVAL = 1.0  # seconds between "is CRAM-MD5 enabled anywhere?" queries
 
     def __init__(self, config: Config, loop, tls_context, publisher, relay):
         self.config = config

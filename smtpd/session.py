@@ -379,10 +379,10 @@ class SubmissionSMTP(SMTP):
             event["mechanism"] = name[:20] if name.replace("-", "").replace("_", "").isalnum() else "invalid"
         if not self.session.host_name or not self.session.extended_smtp:
             return "503 5.5.1 Send EHLO first", "malformed", None
-        if self.identity:
-            return "503 5.5.1 Already authenticated", "malformed", None
         if self.envelope.mail_from:
             return "503 5.5.1 AUTH not permitted during a mail transaction", "malformed", None
+        if self.identity:
+            return "503 5.5.1 Already authenticated", "malformed", None
         if not args or len(args) > 2:
             return "501 5.5.4 Syntax: AUTH mechanism [initial-response]", "malformed", None
         mechanism = args[0].upper()
@@ -512,6 +512,7 @@ class SubmissionSMTP(SMTP):
         if outcome.reason != "success":
             return self._reply_for(outcome)
         await self._challenge(server_final)  # the client answers with an empty line
+        await self.ctx.run(backend.record_login, outcome.mailbox_id, self.client_ip, "SCRAM-SHA-256")
         return self._reply_for(outcome)
 
     # --- mail transaction ---

@@ -119,6 +119,7 @@ def server_env(tmp: Path, **overrides) -> dict:
             "SMTPD_AUTH_RATE_PER_IP": "100000",
             "SMTPD_METRICS_LISTEN": "127.0.0.1:0",
             "SMTPD_DRAIN_TIMEOUT": "5",
+            "SMTPD_MAX_MESSAGE_SIZE": "200000",
             "CREDENTIAL_ENCRYPTION_KEYS": TEST_FERNET_KEY,
             "DEBUG": "1",  # the self-signed development certificate
             "LOG_LEVEL": "DEBUG",
