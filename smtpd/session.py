@@ -457,7 +457,7 @@ class SubmissionSMTP(SMTP):
             creds = mechanisms.parse_plain(blob)
         except mechanisms.Malformed:
             return R_MALFORMED, "malformed", None
-        if creds.authzid and normalise_username(creds.authzid) != normalise_username(creds.username):
+        if creds.authzid and normalise_username(creds.authzid).lower() != normalise_username(creds.username).lower():
             # Acting as someone else is not offered: refuse without verifying anything.
             event["username"] = normalise_username(creds.username)
             return R_INVALID, "malformed", None

@@ -112,10 +112,7 @@ def test_third_failure_closes_with_421(smtpd_server, accounts, listener):
 def test_plain_with_another_authorization_identity_is_refused(smtpd_server, accounts, listener):
     client = ehloed(smtpd_server, listener)
     assert client.cmd(f"AUTH PLAIN {plain(authzid=BOB)}") == "535 5.7.8 Authentication credentials invalid"
-    assert client.cmd(f"AUTH PLAIN {plain(authzid=ALICE.upper().replace('SEND.EXAMPLE', 'send.example'))}") == (
-        "535 5.7.8 Authentication credentials invalid"
-    )  # a different local part spelling is another identity
-    assert client.cmd(f"AUTH PLAIN {plain(authzid=ALICE)}") == "235 2.7.0 Authentication successful"
+    assert client.cmd(f"AUTH PLAIN {plain(authzid='Alice@Send.Example')}") == "235 2.7.0 Authentication successful"
 
 
 @pytest.mark.parametrize("listener", LISTENERS)
