@@ -14,11 +14,12 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 from mailadmin.accounts import verify
 from mailadmin.accounts.mailboxes import add_alias, create_mailbox
@@ -53,7 +54,7 @@ class SmtpdProcess:
 
     def start(self) -> "SmtpdProcess":
         cmd = [sys.executable, "-m", "smtpd", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", *self.args]
-        self._log = open(self.log_path, "a")
+        self._log = open(self.log_path, "a")  # noqa: SIM115 (open for the life of the process)
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True
         )
@@ -118,7 +119,7 @@ def server_env(tmp: Path, **overrides) -> dict:
             "SMTPD_AUTH_FAIL_DELAY": "0.2",
             "SMTPD_AUTH_RATE_PER_IP": "100000",
             "SMTPD_METRICS_LISTEN": "127.0.0.1:0",
-            "SMTPD_DRAIN_TIMEOUT": "5",
+            "SMTPD_DRAIN_TIMEOUT": "1",
             "SMTPD_MAX_MESSAGE_SIZE": "200000",
             "CREDENTIAL_ENCRYPTION_KEYS": TEST_FERNET_KEY,
             "DEBUG": "1",  # the self-signed development certificate
@@ -155,16 +156,69 @@ def smtpd_server(smtpd_factory):
     return smtpd_factory()
 
 
-@pytest.fixture
-def accounts(transactional_db, settings):
-    """A domain with a mailbox (password PASSWORD) and an alias, committed."""
+@pytest.fixture(scope="module")
+def committed(django_db_setup, django_db_blocker):
+    """Database access in autocommit mode: what the test writes, the server sees at once."""
+    with django_db_blocker.unblock():
+        yield
+
+
+@pytest.fixture(scope="module")
+def module_accounts(committed):
+    """A domain with two mailboxes (alice has an alias), committed once per module and removed after."""
+    from django.conf import settings
+
+    keys = settings.CREDENTIAL_ENCRYPTION_KEYS
     settings.CREDENTIAL_ENCRYPTION_KEYS = [TEST_FERNET_KEY]
     verify.clear_caches()
     domain = Domain.objects.create(name="send.example")
     mailbox, _ = create_mailbox(domain, "alice", password=PASSWORD)
     add_alias(mailbox, "sales")
     other, _ = create_mailbox(domain, "bob", password=OTHER_PASSWORD)
-    return {"domain": domain, "alice": mailbox, "bob": other}
+    yield {"domain": domain, "alice": mailbox, "bob": other}
+    delete_domain(domain)
+    settings.CREDENTIAL_ENCRYPTION_KEYS = keys
+
+
+def delete_domain(domain):
+    from mailadmin.accounts.models import Alias, AppPassword, Mailbox, PasswordHistory
+
+    mailboxes = Mailbox.objects.filter(domain=domain)
+    PasswordHistory.objects.filter(mailbox__in=mailboxes).delete()
+    AppPassword.objects.filter(mailbox__in=mailboxes).delete()
+    Alias.objects.filter(mailbox__in=mailboxes).delete()
+    mailboxes.delete()
+    domain.delete()
+
+
+def committed_call(fn, *args, **kwargs):
+    """Run ORM work in its own thread and connection, outside the test's transaction,
+    so the smtpd process sees it at once (and no row lock of ours blocks the server)."""
+    result, error = [], []
+
+    def run():
+        try:
+            result.append(fn(*args, **kwargs))
+        except BaseException as exc:
+            error.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+@pytest.fixture
+def accounts(module_accounts):
+    """The module's accounts, put back to active after each test."""
+    from mailadmin.accounts.models import Mailbox
+
+    yield module_accounts
+    committed_call(lambda: Mailbox.objects.filter(domain=module_accounts["domain"]).update(state=Mailbox.State.ACTIVE))
 
 
 ALICE = "alice@send.example"

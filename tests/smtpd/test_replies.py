@@ -6,9 +6,11 @@ import pytest
 
 from mailadmin.accounts.models import Mailbox
 
-from .conftest import ALICE, BOB, PASSWORD, WRONG_PASSWORD, RawClient
+from .conftest import ALICE, BOB, PASSWORD, WRONG_PASSWORD, RawClient, committed_call
 
+pytestmark = pytest.mark.django_db
 LISTENERS = ["starttls", "tls"]
+INVALID = "535 5.7.8 Authentication credentials invalid"
 
 
 def b64(data: str | bytes) -> str:
@@ -43,7 +45,9 @@ def test_before_starttls_auth_is_neither_advertised_nor_accepted(smtpd_server, a
     ehlo = client.cmd("EHLO client.test")
     assert "250-STARTTLS" in ehlo.splitlines()
     assert "AUTH" not in ehlo
-    assert client.cmd(f"AUTH PLAIN {plain()}") == "538 5.7.11 Encryption required for requested authentication mechanism"
+    assert (
+        client.cmd(f"AUTH PLAIN {plain()}") == "538 5.7.11 Encryption required for requested authentication mechanism"
+    )
     assert client.cmd("AUTH LOGIN") == "538 5.7.11 Encryption required for requested authentication mechanism"
     assert client.cmd("MAIL FROM:<alice@send.example>") == "530 5.7.0 Authentication required"
 
@@ -86,7 +90,7 @@ def test_syntax_cancel_and_unknown_mechanism(smtpd_server, accounts, listener):
 
 @pytest.mark.parametrize("listener", LISTENERS)
 def test_bad_credentials_read_the_same_whatever_the_reason(smtpd_server, accounts, listener):
-    Mailbox.objects.filter(pk=accounts["bob"].pk).update(state=Mailbox.State.SUSPENDED)
+    committed_call(lambda: Mailbox.objects.filter(pk=accounts["bob"].pk).update(state=Mailbox.State.SUSPENDED))
     client = ehloed(smtpd_server, listener)
     replies = [
         client.cmd(f"AUTH PLAIN {plain(ALICE, WRONG_PASSWORD)}"),
@@ -101,7 +105,9 @@ def test_bad_credentials_read_the_same_whatever_the_reason(smtpd_server, account
 def test_third_failure_closes_with_421(smtpd_server, accounts, listener):
     client = ehloed(smtpd_server, listener)
     for _ in range(2):
-        assert client.cmd(f"AUTH PLAIN {plain(ALICE, WRONG_PASSWORD)}") == "535 5.7.8 Authentication credentials invalid"
+        assert (
+            client.cmd(f"AUTH PLAIN {plain(ALICE, WRONG_PASSWORD)}") == "535 5.7.8 Authentication credentials invalid"
+        )
     client.send(f"AUTH PLAIN {plain(ALICE, WRONG_PASSWORD)}\r\n")
     assert client.reply() == "535 5.7.8 Authentication credentials invalid"
     assert client.reply() == "421 4.7.0 Too many failed authentication attempts, closing connection"

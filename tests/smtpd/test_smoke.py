@@ -2,6 +2,8 @@ import pytest
 
 from .conftest import ALICE, PASSWORD, smtp_client
 
+pytestmark = pytest.mark.django_db
+
 
 @pytest.mark.parametrize("listener", ["starttls", "tls"])
 def test_it_authenticates_with_plain(smtpd_server, accounts, listener):
