@@ -8,5 +8,6 @@ admin.site.site_header = "Mailadmin (superadmin)"
 urlpatterns = [
     path("", staff_views.dashboard, name="dashboard"),
     path("accounts/", include("allauth.urls")),
+    path("mailboxes/", include("mailadmin.accounts.urls_mailboxes")),
     path("django-admin/", admin.site.urls),
 ]
