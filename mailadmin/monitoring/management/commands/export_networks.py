@@ -1,7 +1,6 @@
 """manage.py export_networks [FILE.csv] — the named networks in the import_networks format."""
 
 import csv
-import sys
 
 from django.core.management.base import BaseCommand
 
@@ -10,7 +9,7 @@ from mailadmin.monitoring.models import NamedNetwork
 
 
 def write_networks(handle):
-    writer = csv.writer(handle)
+    writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(COLUMNS)
     for n in NamedNetwork.objects.order_by("network"):
         writer.writerow(
@@ -36,7 +35,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, file, **options):
         if file == "-":
-            write_networks(sys.stdout)
+            write_networks(self.stdout)
         else:
             with open(file, "w", newline="", encoding="utf-8") as handle:
                 write_networks(handle)
