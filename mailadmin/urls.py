@@ -9,4 +9,6 @@ urlpatterns = [
     path("", staff_views.dashboard, name="dashboard"),
     path("accounts/", include("allauth.urls")),
     path("django-admin/", admin.site.urls),
+    path("oauth/", include("mailadmin.oauth.urls")),
+    path("my/", include("mailadmin.portal.urls")),
 ]
