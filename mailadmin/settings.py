@@ -266,3 +266,25 @@ OAUTH2_PROVIDER = {
 PORTAL_LOGIN_LIMIT_PER_IP = env_int("PORTAL_LOGIN_LIMIT_PER_IP", 20, minimum=1)
 PORTAL_LOGIN_LIMIT_PER_ADDRESS = env_int("PORTAL_LOGIN_LIMIT_PER_ADDRESS", 5, minimum=1)
 PORTAL_LOGIN_WINDOW_SECONDS = env_int("PORTAL_LOGIN_WINDOW_SECONDS", 300, minimum=10)
+
+# --- monitoring ---
+INSTALLED_APPS += ["mailadmin.monitoring"]
+MONITORING_PREFIX_V4 = env_int("MONITORING_PREFIX_V4", 24, minimum=8, maximum=32)
+MONITORING_PREFIX_V6 = env_int("MONITORING_PREFIX_V6", 64, minimum=16, maximum=128)
+MONITORING_EVENT_RETENTION_DAYS = env_int("MONITORING_EVENT_RETENTION_DAYS", 90, minimum=1)
+MONITORING_ALERT_MAILS_PER_HOUR = env_int("MONITORING_ALERT_MAILS_PER_HOUR", 20, minimum=1)
+MONITORING_OWNER_NOTICES = env_bool("MONITORING_OWNER_NOTICES", False)
+CELERY_TASK_ROUTES = {
+    "monitoring.ingest_auth_events": {"queue": "ingest"},
+    "monitoring.record_messages_sent": {"queue": "ingest"},
+    "monitoring.run_scheduled_detectors": {"queue": "ingest"},
+    "monitoring.prune_events": {"queue": "ingest"},
+    "monitoring.send_alert_email": {"queue": "alerts"},
+    "monitoring.send_digests": {"queue": "alerts"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "monitoring-scheduled-detectors": {"task": "monitoring.run_scheduled_detectors", "schedule": 60.0},
+    "monitoring-hourly-digest": {"task": "monitoring.send_digests", "schedule": 3600.0, "args": ["hourly"]},
+    "monitoring-daily-digest": {"task": "monitoring.send_digests", "schedule": 86400.0, "args": ["daily"]},
+    "monitoring-prune-events": {"task": "monitoring.prune_events", "schedule": 3600.0},
+}
