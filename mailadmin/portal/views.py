@@ -254,10 +254,7 @@ def app_passwords(request):
         "new_secret": new_secret,
         "app_passwords": AppPassword.objects.filter(mailbox_id=mailbox.pk),
     }
-    response = render(request, "portal/app_passwords.html", context)
-    if new_secret:
-        response["Cache-Control"] = "no-store"
-    return response
+    return render(request, "portal/app_passwords.html", context)  # never_cache: no-store
 
 
 @owner_required
@@ -313,7 +310,9 @@ def grant_revoke(request, application_pk):
 @owner_required
 def preferences(request):
     owner = OwnerSettings.for_mailbox(request.mailbox.pk)
-    form = NoticeForm(request.POST or None, initial={"notify_new_signin": owner.notify_new_signin})
+    # An unticked checkbox posts nothing: bind on the method, not on the data.
+    data = request.POST if request.method == "POST" else None
+    form = NoticeForm(data, initial={"notify_new_signin": owner.notify_new_signin})
     if request.method == "POST" and form.is_valid():
         owner.notify_new_signin = form.cleaned_data["notify_new_signin"]
         owner.save(update_fields=["notify_new_signin", "updated"])
