@@ -10,6 +10,7 @@ from mailadmin.env import (
     database,
     env_bool,
     env_choice,
+    env_float,
     env_int,
     env_list,
     env_str,
@@ -283,8 +284,34 @@ CELERY_TASK_ROUTES = {
     "monitoring.send_digests": {"queue": "alerts"},
 }
 CELERY_BEAT_SCHEDULE = {
+    **globals().get("CELERY_BEAT_SCHEDULE", {}),
     "monitoring-scheduled-detectors": {"task": "monitoring.run_scheduled_detectors", "schedule": 60.0},
     "monitoring-hourly-digest": {"task": "monitoring.send_digests", "schedule": 3600.0, "args": ["hourly"]},
     "monitoring-daily-digest": {"task": "monitoring.send_digests", "schedule": 86400.0, "args": ["daily"]},
     "monitoring-prune-events": {"task": "monitoring.prune_events", "schedule": 3600.0},
 }
+
+# --- smtpd (the SMTP submission server; see README "SMTP submission server") ---
+INSTALLED_APPS += ["smtpd"]  # only for `manage.py runsmtpd`; smtpd has no models
+SMTPD_LISTEN = env_list("SMTPD_LISTEN", ["127.0.0.1:1587", "[::1]:1587"] if DEBUG else ["0.0.0.0:587", "[::]:587"])
+SMTPD_TLS_LISTEN = env_list(
+    "SMTPD_TLS_LISTEN", ["127.0.0.1:1465", "[::1]:1465"] if DEBUG else ["0.0.0.0:465", "[::]:465"]
+)
+SMTPD_TLS_CERT = env_str("SMTPD_TLS_CERT", "")  # empty: self-signed pair generated into var/ (DEBUG only)
+SMTPD_TLS_KEY = env_str("SMTPD_TLS_KEY", "")
+SMTPD_HOSTNAME = env_str("SMTPD_HOSTNAME", "localhost" if DEBUG else "")  # empty: the machine's FQDN
+SMTPD_NODE_NAME = env_str("SMTPD_NODE_NAME", "")  # empty: the host name
+SMTPD_PROXY_NETWORKS = env_list("SMTPD_PROXY_NETWORKS", [])
+SMTPD_AUTH_FAIL_DELAY = env_float("SMTPD_AUTH_FAIL_DELAY", 1.0, minimum=0.0)  # seconds, +/- 25% jitter
+SMTPD_MAX_AUTH_FAILURES = env_int("SMTPD_MAX_AUTH_FAILURES", 3, minimum=1)
+SMTPD_AUTH_RATE_PER_IP = env_int("SMTPD_AUTH_RATE_PER_IP", 60, minimum=1)  # AUTH commands per minute per worker
+SMTPD_MAX_MESSAGE_SIZE = env_int("SMTPD_MAX_MESSAGE_SIZE", 25 * 1024 * 1024, minimum=1024)
+SMTPD_MAX_RECIPIENTS = env_int("SMTPD_MAX_RECIPIENTS", 100, minimum=1)
+SMTPD_SESSION_TIMEOUT = env_int("SMTPD_SESSION_TIMEOUT", 300, minimum=5)
+SMTPD_DRAIN_TIMEOUT = env_int("SMTPD_DRAIN_TIMEOUT", 30, minimum=0)
+SMTPD_THREADS = env_int("SMTPD_THREADS", 8, minimum=1)
+SMTPD_WORKERS = env_int("SMTPD_WORKERS", 1, minimum=1)
+SMTPD_METRICS_LISTEN = env_str("SMTPD_METRICS_LISTEN", "127.0.0.1:9587" if DEBUG else "")
+SMTPD_SPOOL_DIR = env_str("SMTPD_SPOOL_DIR", str(VAR_DIR / "smtpd-spool"))
+SMTPD_MAILDIR = env_str("SMTPD_MAILDIR", str(VAR_DIR / "maildir"))
+RELAY_URL = env_str("RELAY_URL", "")  # smtp://user:pass@host:587 (STARTTLS) or smtps://...:465; empty: Maildir
