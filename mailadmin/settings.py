@@ -242,6 +242,8 @@ OAUTH_ACCESS_TOKEN_SECONDS = env_int("OAUTH_ACCESS_TOKEN_SECONDS", 3600, minimum
 OAUTH_REFRESH_TOKEN_SECONDS = env_int("OAUTH_REFRESH_TOKEN_SECONDS", 90 * 86400, minimum=3600)
 # RFC 8707 resource indicator of the SMTP service: a token bound to other resources is refused.
 OAUTH_SMTP_RESOURCE = env_str("OAUTH_SMTP_RESOURCE", f"{SITE_URL}/smtp")
+# RFC 8414 metadata, named in the OAUTHBEARER error challenge (RFC 7628 "openid-configuration").
+OAUTH_DISCOVERY_URL = f"{SITE_URL}/.well-known/oauth-authorization-server"
 # The resource owner is a mailbox: DOT's models are swapped (first migration of mailadmin.oauth).
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth.Application"
 OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth.AccessToken"

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from mailadmin.oauth import views as oauth_views
 from mailadmin.staff import views as staff_views
 
 admin.site.site_header = "Mailadmin (superadmin)"
@@ -10,5 +11,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("django-admin/", admin.site.urls),
     path("oauth/", include("mailadmin.oauth.urls")),
+    path(".well-known/oauth-authorization-server", oauth_views.authorization_server_metadata),
     path("my/", include("mailadmin.portal.urls")),
 ]

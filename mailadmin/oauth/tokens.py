@@ -41,6 +41,8 @@ class TokenCheck:
     reason: str
     mailbox_id: int | None = None
     token_id: int | None = None
+    # The token's mailbox address once the token is known (the event's username).
+    username: str = ""
     # Which rule refused: unknown, expired, scope, wrong_user, wrong_audience,
     # app_disabled, mailbox_inactive, too_long, syntax, error ("" on success).
     detail: str = ""
@@ -67,6 +69,8 @@ def is_well_formed(token) -> str:
 
 
 def check_bearer(token: str, username: str) -> TokenCheck:
+    """``username`` is the user named in the SASL exchange; "" (an OAUTHBEARER
+    client that names nobody, RFC 7628 3.1) means the token's own mailbox."""
     problem = is_well_formed(token)
     if problem:
         return TokenCheck(MALFORMED, detail=problem)
@@ -106,14 +110,15 @@ def _check(token: str, username: str) -> TokenCheck:
         return TokenCheck(BAD_CREDENTIALS, token_id=access.pk, detail="scope")
     if access.resource and settings.OAUTH_SMTP_RESOURCE not in access.resource:
         return TokenCheck(BAD_CREDENTIALS, token_id=access.pk, detail="wrong_audience")
-    if not _same_address(username, mailbox.address):
+    if username and not _same_address(username, mailbox.address):
         return TokenCheck(BAD_CREDENTIALS, token_id=access.pk, detail="wrong_user")
+    owner = {"mailbox_id": mailbox.pk, "token_id": access.pk, "username": mailbox.address}
     if access.application is None or not access.application.allows_mailbox(mailbox):
-        return TokenCheck(BAD_CREDENTIALS, mailbox_id=mailbox.pk, token_id=access.pk, detail="app_disabled")
+        return TokenCheck(BAD_CREDENTIALS, detail="app_disabled", **owner)
     if not (mailbox.is_active and mailbox.domain.is_active):
-        return TokenCheck(DISABLED, mailbox_id=mailbox.pk, token_id=access.pk, detail="mailbox_inactive")
+        return TokenCheck(DISABLED, detail="mailbox_inactive", **owner)
     _touch(access)
-    return TokenCheck(SUCCESS, mailbox_id=mailbox.pk, token_id=access.pk)
+    return TokenCheck(SUCCESS, **owner)
 
 
 def _touch(access) -> None:

@@ -4,12 +4,14 @@ introspection for staff. Scoped by role; every change is audited."""
 
 import calendar
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from oauth2_provider.generators import generate_client_secret
@@ -134,6 +136,24 @@ def token_revoke(request, pk):
     if next_url and url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
         return redirect(next_url)
     return redirect("oauth:token_list")
+
+
+def authorization_server_metadata(request):
+    """RFC 8414: where clients find our endpoints (also named in OAUTHBEARER errors)."""
+    base = settings.SITE_URL
+    return JsonResponse(
+        {
+            "issuer": base,
+            "authorization_endpoint": base + reverse("oauth:authorize"),
+            "token_endpoint": base + reverse("oauth:token"),
+            "revocation_endpoint": base + reverse("oauth:revoke"),
+            "scopes_supported": ["smtp"],
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        }
+    )
 
 
 @login_required
