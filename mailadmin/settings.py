@@ -259,6 +259,8 @@ OAUTH2_PROVIDER = {
     "REFRESH_TOKEN_REUSE_PROTECTION": True,
     "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
     "OAUTH2_VALIDATOR_CLASS": "mailadmin.oauth.validators.MailboxOAuth2Validator",
+    # Client secrets are long random strings: the cheap SMTP Argon2 parameters suffice.
+    "CLIENT_SECRET_HASHER": "argon2smtp",
     # Only SHA-256 checksums of access and refresh tokens are stored.
     "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
     "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
