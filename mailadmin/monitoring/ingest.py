@@ -258,7 +258,7 @@ def upsert_rollups(counts: Counter) -> None:
             cursor.execute(sql, params)
 
 
-def ingest_events(events, *, replay: bool = False, detect: bool = True) -> IngestReport:
+def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: bool = True) -> IngestReport:
     """The one entry point for auth events (Celery task, import command, tests)."""
     report = IngestReport(received=len(events) if hasattr(events, "__len__") else 0)
     now = timezone.now()
@@ -286,18 +286,22 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True) -> Inges
     rows.sort(key=lambda r: r["ts"])
     from mailadmin.monitoring import detectors
 
-    with transaction.atomic():
-        detectors.classify(rows)
-        new_ids = insert_new(rows)
-        new_rows = [r for r in rows if r["event_id"] in new_ids]
-        report.inserted = len(new_rows)
-        report.duplicates += len(rows) - len(new_rows)
-        upsert_rollups(rollup_counts(new_rows))
-        if new_rows:
-            detectors.learn(new_rows)
-            update_account_last_use(new_rows)
+    # Redelivered events are dropped before learning from them; the unique id catches races.
+    known = set(AuthEvent.objects.filter(event_id__in=[r["event_id"] for r in rows]).values_list("event_id", flat=True))
+    fresh = [r for r in rows if r["event_id"] not in known]
+    new_rows = []
+    if fresh:
+        with transaction.atomic():
+            detectors.classify_and_learn(fresh)
+            new_ids = insert_new(fresh)
+            new_rows = [r for r in fresh if r["event_id"] in new_ids]
+            upsert_rollups(rollup_counts(new_rows))
+            if new_rows:
+                update_account_last_use(new_rows)
+    report.inserted = len(new_rows)
+    report.duplicates += len(rows) - len(new_rows)
     if new_rows and detect:
-        report.alerts = detectors.run_for_batch(new_rows)
+        report.alerts = detectors.run_for_batch(new_rows, notify=notify)
     if report.invalid:
         log.warning("auth event batch: %s", report.as_dict())
     return report
