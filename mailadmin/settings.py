@@ -236,6 +236,46 @@ CELERY_BEAT_SCHEDULE = {
     "accounts-notify-expiring-passwords": {"task": "accounts.notify_expiring_passwords", "schedule": 6 * 3600},
 }
 
+# --- oauth: OAuth2 provider for SMTP (XOAUTH2 / OAUTHBEARER) and the mailbox-owner portal ---
+# (see README "OAuth2 for SMTP and the owner portal")
+INSTALLED_APPS += ["oauth2_provider", "mailadmin.oauth", "mailadmin.portal"]
+OAUTH_ENABLED = env_bool("OAUTH_ENABLED", True)
+OAUTH_ACCESS_TOKEN_SECONDS = env_int("OAUTH_ACCESS_TOKEN_SECONDS", 3600, minimum=60, maximum=86400)
+OAUTH_REFRESH_TOKEN_SECONDS = env_int("OAUTH_REFRESH_TOKEN_SECONDS", 90 * 86400, minimum=3600)
+# RFC 8707 resource indicator of the SMTP service: a token bound to other resources is refused.
+OAUTH_SMTP_RESOURCE = env_str("OAUTH_SMTP_RESOURCE", f"{SITE_URL}/smtp")
+# RFC 8414 metadata, named in the OAUTHBEARER error challenge (RFC 7628 "openid-configuration").
+OAUTH_DISCOVERY_URL = f"{SITE_URL}/.well-known/oauth-authorization-server"
+# The resource owner is a mailbox: DOT's models are swapped (first migration of mailadmin.oauth).
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth.Application"
+OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth.AccessToken"
+OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL = "oauth.RefreshToken"
+OAUTH2_PROVIDER_GRANT_MODEL = "oauth.Grant"
+OAUTH2_PROVIDER_ID_TOKEN_MODEL = "oauth.IDToken"
+OAUTH2_PROVIDER = {
+    "SCOPES": {"smtp": "Send mail as this mailbox (SMTP AUTH)"},
+    "DEFAULT_SCOPES": ["smtp"],
+    "ACCESS_TOKEN_EXPIRE_SECONDS": OAUTH_ACCESS_TOKEN_SECONDS,
+    "REFRESH_TOKEN_EXPIRE_SECONDS": OAUTH_REFRESH_TOKEN_SECONDS,
+    "ROTATE_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
+    "OAUTH2_VALIDATOR_CLASS": "mailadmin.oauth.validators.MailboxOAuth2Validator",
+    # Client secrets are long random strings: the cheap SMTP Argon2 parameters suffice.
+    "CLIENT_SECRET_HASHER": "argon2smtp",
+    # Only SHA-256 checksums of access and refresh tokens are stored.
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+}
+# oauthlib's DEBUG messages quote refresh tokens and codes: never below INFO.
+LOGGING["loggers"]["oauthlib"] = {"level": "INFO"}
+# Owner portal sign-in throttle (Django cache): attempts per window per client IP and per address.
+PORTAL_LOGIN_LIMIT_PER_IP = env_int("PORTAL_LOGIN_LIMIT_PER_IP", 20, minimum=1)
+PORTAL_LOGIN_LIMIT_PER_ADDRESS = env_int("PORTAL_LOGIN_LIMIT_PER_ADDRESS", 5, minimum=1)
+PORTAL_LOGIN_WINDOW_SECONDS = env_int("PORTAL_LOGIN_WINDOW_SECONDS", 300, minimum=10)
+
 # --- monitoring ---
 INSTALLED_APPS += ["mailadmin.monitoring"]
 MONITORING_PREFIX_V4 = env_int("MONITORING_PREFIX_V4", 24, minimum=8, maximum=32)

@@ -79,6 +79,24 @@ def scram_lookup(client_ip: str, username: str):
 
 
 @_job
+def check_bearer(client_ip: str, username: str, token: str, mechanism: str) -> Outcome:
+    """XOAUTH2 / OAUTHBEARER: blocks first, then mailadmin.oauth's token check.
+    The credential names the token by id; the token itself goes nowhere."""
+    from mailadmin.accounts.verify import normalise_username, record_login
+    from mailadmin.oauth.tokens import check_bearer
+
+    username = normalise_username(username) if username else ""
+    blocked = _blocked(client_ip, username or None)
+    if blocked:
+        return blocked
+    check = check_bearer(token, username)
+    if check.ok:
+        record_login(check.mailbox_id, client_ip=client_ip, mechanism=mechanism)
+    credential = f"oauth_token:{check.token_id}" if check.token_id else "none"
+    return Outcome(check.reason, check.username or username or None, check.mailbox_id, credential)
+
+
+@_job
 def record_login(mailbox_id: int, client_ip: str, mechanism: str) -> None:
     from mailadmin.accounts.verify import record_login
 

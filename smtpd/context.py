@@ -16,6 +16,7 @@ from smtpd.limits import RateWindow
 log = logging.getLogger("smtpd")
 
 PASSWORD_MECHANISMS = ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
+OAUTH_MECHANISMS = ["XOAUTH2", "OAUTHBEARER"]  # when settings.OAUTH_ENABLED
 
 
 @dataclass
@@ -109,7 +110,8 @@ class ServerContext:
             except Exception as exc:  # database down: keep the last answer
                 log.warning("cannot tell whether CRAM-MD5 is enabled: %s", type(exc).__name__)
             self._cram = (enabled, time.monotonic())
-        return PASSWORD_MECHANISMS + (["CRAM-MD5"] if enabled else [])
+        oauth = OAUTH_MECHANISMS if settings.OAUTH_ENABLED else []
+        return PASSWORD_MECHANISMS + (["CRAM-MD5"] if enabled else []) + oauth
 
     def is_proxy(self, ip: str) -> bool:
         try:

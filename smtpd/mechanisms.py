@@ -9,10 +9,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Malformed(ValueError):
@@ -262,3 +263,83 @@ class ScramClient:
 
     def verify_server(self, server_final: bytes) -> bool:
         return hmac.compare_digest(server_final, b"v=" + base64.b64encode(self._server_signature))
+
+
+# --- OAUTHBEARER (RFC 7628) and XOAUTH2 (Google's older framing of the same bearer token) ---
+
+OAUTH_KVSEP = "\x01"
+
+
+@dataclass(frozen=True)
+class BearerCredentials:
+    username: str  # "" when an OAUTHBEARER client names nobody: the token's mailbox is meant
+    token: str = field(repr=False)
+
+
+def _bearer_token(value: str) -> str:
+    scheme, sep, token = value.partition(" ")
+    token = token.strip(" ")
+    if not sep or scheme.lower() != "bearer" or not token:
+        raise Malformed("auth is not 'Bearer <token>'")
+    return token
+
+
+def _kv_pairs(body: str) -> dict[str, str]:
+    """key=value items, each followed by ^A (the terminating ^A already removed)."""
+    if not body:
+        return {}
+    if not body.endswith(OAUTH_KVSEP):
+        raise Malformed("key/value list is not terminated")
+    pairs = {}
+    for item in body[:-1].split(OAUTH_KVSEP):
+        key, sep, value = item.partition("=")
+        if not sep or not key.isalpha():
+            raise Malformed("key/value item is not 'key=value'")
+        pairs[key.lower()] = value
+    return pairs
+
+
+def parse_oauthbearer(blob: bytes) -> BearerCredentials:
+    """gs2-header ^A *(key=value ^A) ^A, e.g. b"n,a=user@example.com,^Aauth=Bearer T^A^A"."""
+    text = _text(blob, "OAUTHBEARER message")
+    gs2, sep, rest = text.partition(OAUTH_KVSEP)
+    if not sep or not rest.endswith(OAUTH_KVSEP):
+        raise Malformed("OAUTHBEARER needs a GS2 header and a ^A-terminated key/value list")
+    fields = gs2.split(",")
+    if len(fields) != 3 or fields[2] != "":
+        raise Malformed("bad GS2 header")
+    flag, authzid = fields[0], fields[1]
+    if flag.startswith("p="):
+        raise Malformed("channel binding requested but not offered")
+    if flag not in ("n", "y"):
+        raise Malformed("bad GS2 channel-binding flag")
+    username = ""
+    if authzid:
+        if not authzid.startswith("a="):
+            raise Malformed("bad GS2 authzid")
+        username = _saslname_decode(authzid[2:])
+    pairs = _kv_pairs(rest[:-1])
+    if "auth" not in pairs:
+        raise Malformed("no auth=Bearer item")
+    return BearerCredentials(username, _bearer_token(pairs["auth"]))
+
+
+def parse_xoauth2(blob: bytes) -> BearerCredentials:
+    """b"user=" user ^A "auth=Bearer " token ^A ^A."""
+    text = _text(blob, "XOAUTH2 message")
+    if not text.endswith(OAUTH_KVSEP * 2):
+        raise Malformed("XOAUTH2 message is not terminated by ^A^A")
+    pairs = _kv_pairs(text[:-1])
+    if not pairs.get("user") or "auth" not in pairs:
+        raise Malformed("XOAUTH2 needs user= and auth=")
+    return BearerCredentials(pairs["user"], _bearer_token(pairs["auth"]))
+
+
+def bearer_error(mechanism: str, discovery_url: str) -> bytes:
+    """The JSON error challenge sent before the failure reply (RFC 7628 3.2.2;
+    Google's XOAUTH2 documentation). The client answers ^A / an empty line."""
+    if mechanism == "OAUTHBEARER":
+        body = {"status": "invalid_token", "scope": "smtp", "openid-configuration": discovery_url}
+    else:
+        body = {"status": "401", "schemes": "bearer", "scope": "smtp"}
+    return json.dumps(body, separators=(",", ":")).encode("ascii")

@@ -14,6 +14,7 @@ Stock aiosmtpd 1.4.6 traps this class fixes (each has a test in tests/smtpd):
 """
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -23,6 +24,7 @@ from email.utils import format_datetime
 
 from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import SMTP, TLSSetupException
+from django.conf import settings
 
 from mailadmin.accounts.fingerprint import pw_fp
 from mailadmin.accounts.verify import normalise_username
@@ -403,6 +405,8 @@ class SubmissionSMTP(SMTP):
             "LOGIN": self._auth_login,
             "CRAM-MD5": self._auth_cram_md5,
             "SCRAM-SHA-256": self._auth_scram,
+            "XOAUTH2": self._auth_xoauth2,
+            "OAUTHBEARER": self._auth_oauthbearer,
         }[mechanism]
         return await handler(initial, event)
 
@@ -516,6 +520,32 @@ class SubmissionSMTP(SMTP):
             return self._reply_for(outcome)
         await self._challenge(server_final)  # the client answers with an empty line
         await self.ctx.run(backend.record_login, outcome.mailbox_id, self.client_ip, "SCRAM-SHA-256")
+        return self._reply_for(outcome)
+
+    async def _auth_xoauth2(self, initial, event):
+        return await self._bearer_auth("XOAUTH2", mechanisms.parse_xoauth2, initial, event)
+
+    async def _auth_oauthbearer(self, initial, event):
+        return await self._bearer_auth("OAUTHBEARER", mechanisms.parse_oauthbearer, initial, event)
+
+    async def _bearer_auth(self, mechanism, parse, initial, event):
+        blob = self._decode(initial) if initial is not None else await self._challenge(b"")
+        try:
+            creds = parse(blob)
+        except mechanisms.Malformed:
+            return R_MALFORMED, "malformed", None
+        event["username"] = creds.username or None
+        outcome = await self._verify(
+            mechanism, backend.check_bearer, self.client_ip, creds.username, creds.token, mechanism
+        )
+        event["username"] = outcome.username
+        if outcome.reason in ("success", "blocked", "temp_failure"):
+            return self._reply_for(outcome)
+        # A refused token: the JSON error challenge, the client's ^A / empty answer, then 535.
+        with contextlib.suppress(AuthAbort):  # whatever the client answers, the exchange has failed
+            await self._challenge(mechanisms.bearer_error(mechanism, settings.OAUTH_DISCOVERY_URL))
+        if outcome.reason == "malformed":
+            return R_INVALID, "malformed", outcome
         return self._reply_for(outcome)
 
     # --- mail transaction ---
