@@ -211,7 +211,12 @@ class SubmissionSMTP(SMTP):
                     await self._reader.read(more.consumed)
             raise LineTooLong(head) from None
         self._reset_timeout()
-        return line.rstrip(b"\r\n")
+        line = line.rstrip(b"\r\n")
+        # The stream limit counts the separator index, so it lets one octet more
+        # through than AUTH_LINE_LIMIT; the exact limit is enforced here.
+        if len(line) > AUTH_LINE_LIMIT:
+            raise LineTooLong(line[:64])
+        return line
 
     async def _dispatch(self, line: bytes) -> None:
         command_bytes, _, arg_bytes = line.partition(b" ")

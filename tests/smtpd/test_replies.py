@@ -128,7 +128,14 @@ def test_long_auth_lines(smtpd_server, accounts, listener):
     line = "AUTH PLAIN " + "QUFB" * ((12288 - 11) // 4)
     assert len(line) <= 12288
     assert client.cmd(line) == "501 5.5.2 Malformed authentication data"
+    # Exactly at the limit is still read as an AUTH line.
+    exact = "AUTH PLAIN " + "A" * (12288 - 11)
+    assert len(exact) == 12288
+    assert client.cmd(exact) == "501 5.5.2 Invalid base64 data"
     # One octet more than the limit: one 500 5.5.6, and the session stays in step.
+    client.send(exact + "A\r\nNOOP\r\n")
+    assert client.reply() == "500 5.5.6 Authentication Exchange line is too long"
+    assert client.reply() == "250 2.0.0 OK"
     client.send("AUTH PLAIN " + "A" * 12300 + "\r\nNOOP\r\n")
     assert client.reply() == "500 5.5.6 Authentication Exchange line is too long"
     assert client.reply() == "250 2.0.0 OK"
