@@ -6,9 +6,11 @@ Nothing here hashes a password: verification belongs to mailadmin.accounts.verif
 """
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 log = logging.getLogger("smtpd.backend")
 
@@ -28,9 +30,23 @@ BLOCKED = "blocked"
 TEMP_FAILURE = "temp_failure"
 
 
+# Django's CONN_HEALTH_CHECKS pings the server (SELECT 1) on the first query after
+# every close_old_connections(): on the AUTH hot path that doubled the database round
+# trips. Each thread pings at most this often; a connection that broke in between
+# fails its next query, which the caller answers 454 (verify.py drops the connection,
+# Django's errors_occurred check drops it otherwise), and the next job reconnects.
+HEALTH_CHECK_INTERVAL = 1.0
+_thread = threading.local()
+
+
 def _job(fn):
     def wrapper(*args, **kwargs):
         close_old_connections()
+        now = time.monotonic()
+        if now - getattr(_thread, "checked_at", -HEALTH_CHECK_INTERVAL) < HEALTH_CHECK_INTERVAL:
+            connections["default"].health_check_done = True
+        else:
+            _thread.checked_at = now
         return fn(*args, **kwargs)
 
     wrapper.__name__ = fn.__name__
