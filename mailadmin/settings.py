@@ -317,7 +317,10 @@ SMTPD_MAX_MESSAGE_SIZE = env_int("SMTPD_MAX_MESSAGE_SIZE", 25 * 1024 * 1024, min
 SMTPD_MAX_RECIPIENTS = env_int("SMTPD_MAX_RECIPIENTS", 100, minimum=1)
 SMTPD_SESSION_TIMEOUT = env_int("SMTPD_SESSION_TIMEOUT", 300, minimum=5)
 SMTPD_DRAIN_TIMEOUT = env_int("SMTPD_DRAIN_TIMEOUT", 30, minimum=0)
-SMTPD_THREADS = env_int("SMTPD_THREADS", 8, minimum=1)
+# Threads waiting for an Argon2 slot (VERIFY_CONCURRENCY) must not hold up cached
+# successes queued behind them, so the pool is much larger than the Argon2 bound.
+# Each thread may hold one database connection: size PostgreSQL max_connections.
+SMTPD_THREADS = env_int("SMTPD_THREADS", 32, minimum=1)
 SMTPD_WORKERS = env_int("SMTPD_WORKERS", 1, minimum=1)
 SMTPD_METRICS_LISTEN = env_str("SMTPD_METRICS_LISTEN", "127.0.0.1:9587" if DEBUG else "")
 SMTPD_SPOOL_DIR = env_str("SMTPD_SPOOL_DIR", str(VAR_DIR / "smtpd-spool"))
