@@ -1,12 +1,17 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path
 
 from mailadmin.staff import views as staff_views
 
 admin.site.site_header = "Mailadmin (superadmin)"
+# The Django admin signs in through allauth (password + MFA); only superadmins get in.
+admin.site.login = secure_admin_login(admin.site.login)
 
 urlpatterns = [
     path("", staff_views.dashboard, name="dashboard"),
     path("accounts/", include("allauth.urls")),
+    path("", include("mailadmin.accounts.urls")),
+    path("", include("mailadmin.staff.urls")),
     path("django-admin/", admin.site.urls),
 ]

@@ -53,7 +53,6 @@ class Domain(models.Model):
 
     @property
     def unicode_name(self):
-        try:
-            return self.name.encode("ascii").decode("idna")
-        except UnicodeError:
-            return self.name
+        from mailadmin.accounts.validators import unicode_domain_name
+
+        return unicode_domain_name(self.name)

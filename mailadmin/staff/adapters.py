@@ -1,4 +1,12 @@
+import time
+
+from allauth.account import app_settings as account_settings
 from allauth.account.adapter import DefaultAccountAdapter
+
+# Internal allauth API (65.x): the per-session log of authentication steps.
+from allauth.account.internal.flows.login import get_authentication_records
+from allauth.core import context
+from allauth.mfa.models import Authenticator
 
 
 class StaffAccountAdapter(DefaultAccountAdapter):
@@ -6,3 +14,19 @@ class StaffAccountAdapter(DefaultAccountAdapter):
 
     def is_open_for_signup(self, request):
         return False
+
+    def is_reauthentication_required(self, *, app: str, **kwargs) -> bool:
+        required = super().is_reauthentication_required(app=app, **kwargs)
+        if required and app == "allauth.mfa" and _just_signed_in_without_mfa(context.request):
+            # MFA is mandatory and set up straight after the first password login;
+            # asking for the password a second time a few seconds later adds nothing.
+            return False
+        return required
+
+
+def _just_signed_in_without_mfa(request) -> bool:
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated or Authenticator.objects.filter(user=user).exists():
+        return False
+    logins = [r for r in get_authentication_records(request, user) if r.get("method") == "password"]
+    return bool(logins) and time.time() - logins[-1]["at"] < account_settings.REAUTHENTICATION_TIMEOUT

@@ -23,6 +23,8 @@ REDACTED = "(changed)"
 
 def is_secret_field(name: str) -> bool:
     lowered = name.lower()
+    if lowered.endswith("_enabled"):
+        return False  # an on/off switch such as cram_md5_enabled is never a secret
     return any(marker in lowered for marker in SECRET_MARKERS)
 
 

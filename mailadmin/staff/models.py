@@ -80,6 +80,19 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.is_superadmin or super().has_module_perms(app_label)
 
 
+class AuditEntryQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """The one scoping rule for the audit log (page and CSV export): superadmins and
+        all-domain auditors see everything; others see the entries of their domains
+        plus their own (their logins, their MFA changes). Global entries about other
+        people (staff changes, others' logins) stay with superadmins."""
+        if not getattr(user, "is_authenticated", False) or not user.is_active:
+            return self.none()
+        if user.sees_all_domains:
+            return self
+        return self.filter(models.Q(domain__in=user.domains.all()) | models.Q(actor=user))
+
+
 class AuditEntry(models.Model):
     """One change made by staff, as structured data (filterable, exportable)."""
 
@@ -107,6 +120,8 @@ class AuditEntry(models.Model):
     domain_name = models.CharField(max_length=253, blank=True)
     changes = models.JSONField(default=dict, blank=True)
     client_ip = models.GenericIPAddressField(null=True, blank=True)
+
+    objects = AuditEntryQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created", "-id"]
