@@ -13,5 +13,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("", include("mailadmin.accounts.urls")),
     path("", include("mailadmin.staff.urls")),
+    path("monitoring/", include("mailadmin.monitoring.urls")),
     path("django-admin/", admin.site.urls),
 ]
