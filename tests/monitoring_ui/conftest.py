@@ -47,3 +47,17 @@ def attack(db, now):
     ]
     ingest(*events)
     return {"ts": t, "a_failures": 6, "b_failures": 1}
+
+
+@pytest.fixture
+def login_as(db):
+    """A separate logged-in client per user (the shared fixtures all reuse one `client`)."""
+
+    def make(user):
+        from django.test import Client
+
+        c = Client()
+        c.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+        return c
+
+    return make
