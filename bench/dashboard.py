@@ -47,9 +47,7 @@ def timed(label, fn):
 
 
 def generate(n: int):
-    from django.db import connection
-
-    from django.db import transaction
+    from django.db import connection, transaction
 
     table = "monitoring_authevent"
     # DDL is transactional in PostgreSQL: a failed load leaves the indexes in place.
