@@ -43,7 +43,7 @@ DEFAULT_PRESET = "24h"
 BUCKET_LADDER = [dt.timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 180, 360, 720, 1440, 10080)]
 MAX_POINTS = 240
 MAX_CUSTOM_SPAN = dt.timedelta(days=400)
-CACHE_SECONDS = 10
+CACHE_SECONDS = 5  # the overview polls every 5 s: at most one computation per poll
 TOP_LIMIT = 10
 FAILED_COLOUR = "#c0392b"
 SUCCESS_COLOUR = "#1e8449"

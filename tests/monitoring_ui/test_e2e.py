@@ -88,6 +88,12 @@ def test_overview_chart_matches_the_database(page, live_server, staff, traffic):
     assert page.locator("[data-testid=table-top_ips] tbody tr").first.locator("td").first.inner_text() == "203.0.113.66"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
+    # The page polls: a new failure shows up in the counter and the chart without a reload.
+    ingest(event(client_ip="203.0.113.66", username="boss@a.example", ts=timezone.now()))
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=count-failures]').textContent.trim() === '93'", timeout=20_000
+    )
+    assert sum(chart_state(page)["failed"]) == 93
     # Phone width: the same page still renders its chart.
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()

@@ -11,9 +11,10 @@ CHARTS = list(charts.CHARTS)
 
 def test_it_requires_login(client, db):
     response = client.get(reverse("monitoring:overview"))
-    assert response.status_code == 302
-    assert reverse("monitoring:chart_json", args=["timeline"]) != response["Location"]
-    assert client.get(reverse("monitoring:chart_json", args=["timeline"])).status_code == 302
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    for name in ["monitoring:overview_fragment", "monitoring:events", "monitoring:alerts", "monitoring:blocks"]:
+        assert "/accounts/login/" in client.get(reverse(name))["Location"]
+    assert "/accounts/login/" in client.get(reverse("monitoring:chart_json", args=["timeline"]))["Location"]
 
 
 @pytest.mark.embedded
