@@ -190,7 +190,7 @@ def _insert_new_postgresql(rows, fields, table, cols) -> set[uuid.UUID]:
     """One statement per 5,000 rows with a parameter per column (unnest of arrays): cheap to parse."""
     casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
     # Identifiers and types come from model metadata; every value is a parameter.
-    select = f"SELECT * FROM unnest({casts})"
+    select = f"SELECT * FROM unnest({casts})"  # noqa: S608
     sql = f"INSERT INTO {table} ({cols}) {select} ON CONFLICT (event_id) DO NOTHING RETURNING event_id"  # noqa: S608
     new_ids = set()
     with connection.cursor() as cursor:
