@@ -8,7 +8,6 @@ from django.utils import timezone
 
 from mailadmin.monitoring import blocks, enrich
 from mailadmin.monitoring.ingest import ingest_events
-from tests.e2e.conftest import browser, page  # noqa: F401  (Playwright fixtures for test_e2e)
 from tests.monitoring.factories import event
 
 
@@ -62,17 +61,3 @@ def login_as(db):
         return c
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def _live_server_closes_its_connections(request):
-    """As in tests/e2e: live_server threads must not keep connections open (only for e2e tests)."""
-    if "live_server" not in request.fixturenames:
-        yield
-        return
-    from django.db import connections
-
-    saved = connections.settings["default"]["CONN_MAX_AGE"]
-    connections.settings["default"]["CONN_MAX_AGE"] = 0
-    yield
-    connections.settings["default"]["CONN_MAX_AGE"] = saved

@@ -1,4 +1,5 @@
-"""The dashboard in Debian's Chromium against the live server, with events ingested for real."""
+"""The monitoring dashboard in Debian's Chromium against the live server, with events ingested
+for real (here, not in tests/monitoring_ui, so it shares the one session-wide browser)."""
 
 import datetime as dt
 import json
@@ -13,7 +14,7 @@ from mailadmin.staff.models import Role
 from tests.conftest import add_totp
 from tests.e2e.conftest import E2E_PASSWORD, StaffLogin, login
 from tests.monitoring.factories import event
-from tests.monitoring_ui.conftest import ingest
+from tests.monitoring_ui.conftest import fresh_state, ingest  # noqa: F401  (autouse: empty caches)
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
