@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("mailadmin.accounts.urls")),
     path("", include("mailadmin.staff.urls")),
     path("mailboxes/", include("mailadmin.accounts.urls_mailboxes")),
+    path("monitoring/", include("mailadmin.monitoring.urls")),
     path("django-admin/", admin.site.urls),
     path("oauth/", include("mailadmin.oauth.urls")),
     path(".well-known/oauth-authorization-server", oauth_views.authorization_server_metadata),

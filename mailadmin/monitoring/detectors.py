@@ -209,11 +209,31 @@ def classify_and_learn(rows: list[dict]) -> None:
             row["suspect"] = True
         if row["pw_fp"] is not None:
             recent_pairs.add(pair)
-    if created:
-        UserBaseline.objects.bulk_create(list(created.values()), ignore_conflicts=True)
-    to_update = [baselines[u] for u in changed if u not in created]
-    if to_update:
-        UserBaseline.objects.bulk_update(to_update, BASELINE_FIELDS)
+    _save_baselines([baselines[u] for u in sorted(changed)])
+
+
+def _save_baselines(objs):
+    """One INSERT … ON CONFLICT DO UPDATE for every baseline touched by the batch."""
+    if not objs:
+        return
+    from django.db import connection
+
+    model = UserBaseline
+    fields = [model._meta.get_field(n) for n in ["username", "domain_name", *BASELINE_FIELDS]]
+    table = connection.ops.quote_name(model._meta.db_table)
+    cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    updates = ", ".join(
+        f"{connection.ops.quote_name(f.column)} = EXCLUDED.{connection.ops.quote_name(f.column)}" for f in fields[1:]
+    )
+    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    with connection.cursor() as cursor:
+        for start in range(0, len(objs), 500):
+            chunk = objs[start : start + 500]
+            params = [f.get_db_prep_save(getattr(o, f.attname), connection) for o in chunk for f in fields]
+            values = ", ".join([one] * len(chunk))
+            # Identifiers come from model metadata; every value is a parameter.
+            sql = f"INSERT INTO {table} ({cols}) VALUES {values} ON CONFLICT (username) DO UPDATE SET {updates}"  # noqa: S608
+            cursor.execute(sql, params)
 
 
 def _success_findings(row, base, params, allowlisted) -> list[tuple]:

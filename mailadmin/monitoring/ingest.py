@@ -186,11 +186,31 @@ def _columns():
     return _COLUMNS
 
 
+def _insert_new_postgresql(rows, fields, table, cols) -> set[uuid.UUID]:
+    """One statement per 5,000 rows with a parameter per column (unnest of arrays): cheap to parse."""
+    casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    # Identifiers and types come from model metadata; every value is a parameter.
+    select = f"SELECT * FROM unnest({casts})"  # noqa: S608
+    sql = f"INSERT INTO {table} ({cols}) {select} ON CONFLICT (event_id) DO NOTHING RETURNING event_id"  # noqa: S608
+    new_ids = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), 5000):
+            chunk = rows[start : start + 5000]
+            params = [
+                [f.get_db_prep_save(row.get(f.attname, f.get_default()), connection) for row in chunk] for f in fields
+            ]
+            cursor.execute(sql, params)
+            new_ids.update(value for (value,) in cursor.fetchall())
+    return new_ids
+
+
 def insert_new(rows: list[dict]) -> set[uuid.UUID]:
     """INSERT … ON CONFLICT DO NOTHING RETURNING: the ids that were not there before."""
     fields = _columns()
     table = connection.ops.quote_name(AuthEvent._meta.db_table)
     cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    if connection.vendor == "postgresql":
+        return _insert_new_postgresql(rows, fields, table, cols)
     one = "(" + ", ".join(["%s"] * len(fields)) + ")"
     new_ids = set()
     with connection.cursor() as cursor:
@@ -235,6 +255,20 @@ def upsert_rollups(counts: Counter) -> None:
     minute_field = Rollup._meta.get_field("minute")
     # Sorted so concurrent workers lock rows in the same order (no deadlocks).
     items = sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3]))
+    conflict = f" ON CONFLICT (dimension, key, minute, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
+    if connection.vendor == "postgresql":
+        arrays = [[], [], [], [], [], []]
+        for (dimension, key, minute, result, domain_name), count in items:
+            for column, value in zip(arrays, (minute, dimension, key, result, count, domain_name), strict=True):
+                column.append(value)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (minute, dimension, key, result, count, domain_name) "  # noqa: S608
+                "SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[])"
+                + conflict,
+                arrays,
+            )
+        return
     with connection.cursor() as cursor:
         for start in range(0, len(items), 1000):
             chunk = items[start : start + 1000]
