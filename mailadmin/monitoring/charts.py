@@ -369,7 +369,7 @@ def listeners(user, tr: TimeRange) -> Table:
             .annotate(n=Count("id"))
             .order_by("-n", "listener", "tls")[:TOP_LIMIT]
         )
-        data = [[f"{r['listener'] or '?'} {r['tls'] or 'no TLS'}", int(r["n"])] for r in qs]
+        data = [[f"{r['listener'] or 'web'} {r['tls'] or 'no TLS'}", int(r["n"])] for r in qs]
         return _bar("listeners", "Failures by listener and TLS", ["Listener / TLS", "Failures"], data)
 
     return _cached("listeners", user, tr, compute)

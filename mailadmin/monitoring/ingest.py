@@ -97,6 +97,9 @@ def _text(raw, name, limit, *, lower=False) -> str:
     return (value.lower() if lower else value)[:limit]
 
 
+WEB_LISTENER = "web"
+
+
 def _int(raw, name, *, minimum=0, maximum=None, default=None):
     value = raw.get(name)
     if value is None or value == "":
@@ -145,7 +148,8 @@ def validate(raw, *, now: dt.datetime | None = None) -> dict:
         "attempt": _int(raw, "attempt", minimum=0, default=1),
         "client_ip": ip,
         "prefix": prefix_of(ip),
-        "listener": _int(raw, "listener", minimum=0, maximum=65535),
+        # Owner-portal sign-ins come from the web, not an SMTP port: stored without a port.
+        "listener": None if raw.get("listener") == WEB_LISTENER else _int(raw, "listener", minimum=0, maximum=65535),
         "tls": str(tls or "")[:100],
         "helo": _text(raw, "helo", 255),
         "mechanism": _text(raw, "mechanism", 20).upper(),
@@ -330,8 +334,6 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
             new_ids = insert_new(fresh)
             new_rows = [r for r in fresh if r["event_id"] in new_ids]
             upsert_rollups(rollup_counts(new_rows))
-            if new_rows:
-                update_account_last_use(new_rows)
     report.inserted = len(new_rows)
     report.duplicates += len(rows) - len(new_rows)
     if new_rows and detect:
@@ -339,37 +341,6 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
     if report.invalid:
         log.warning("auth event batch: %s", report.as_dict())
     return report
-
-
-def update_account_last_use(rows: list[dict]) -> None:
-    """Last login on mailboxes and last use on app passwords (accounts app models, when present)."""
-    from django.apps import apps
-
-    latest = {}
-    for row in rows:
-        if row["result"] == Result.SUCCESS and row["username"]:
-            latest[row["username"]] = row
-    if not latest:
-        return
-    try:
-        Mailbox = apps.get_model("accounts", "Mailbox")
-    except LookupError:
-        return
-    updater = getattr(Mailbox.objects, "record_login", None)
-    if updater is None:
-        return
-    for row in latest.values():
-        try:
-            with transaction.atomic():
-                updater(
-                    username=row["username"],
-                    ts=row["ts"],
-                    ip=row["client_ip"],
-                    mechanism=row["mechanism"],
-                    credential=row["credential"],
-                )
-        except Exception:
-            log.exception("could not record the last login of a mailbox")
 
 
 def record_sent(items) -> int:

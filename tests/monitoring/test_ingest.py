@@ -57,3 +57,11 @@ def test_the_task_accepts_the_contract_and_clamps_future_clock_skew():
     result = ingest_auth_events([event(ts=future, id=str(uuid.uuid4()))])
     assert result["inserted"] == 1
     assert AuthEvent.objects.get().ts.year < 2099
+
+
+@pytest.mark.django_db
+def test_owner_portal_sign_ins_are_stored_with_the_web_listener():
+    report = ingest_events([event(listener="web", mechanism="WEB"), event(listener="portal")], replay=True)
+    assert report.inserted == 1 and report.invalid == 1
+    stored = AuthEvent.objects.get()
+    assert stored.listener is None and stored.mechanism == "WEB"
