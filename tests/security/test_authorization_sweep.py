@@ -1,0 +1,177 @@
+"""Authorization sweep: EVERY URL pattern the resolver knows (ours, allauth's, the
+Django admin's, and whatever other apps add later), its parameters filled with the
+ids, uuids and names of objects belonging to domain A, requested by people who must
+not reach A's data:
+
+  admin of domain B  GET and POST  -> 403/404/405/redirect, or a page without A's data
+  auditor            POST          -> 403/404/405 (a read page that ignores the method
+                                      may answer 200), and the database is unchanged
+  anonymous          GET and POST  -> redirect to a login page, 403/404/405
+  mailbox owner      GET and POST  -> the same as anonymous on every staff page
+
+and never a 500. Public pages are an explicit allowlist below, each with its reason.
+"""
+
+import pytest
+from django.test import Client
+
+from mailadmin.staff.accounts import create_staff
+from mailadmin.staff.models import Role
+from tests.conftest import add_totp
+from tests.security.sweep import (
+    DOMAIN_A_NAME,
+    MARKER_A,
+    all_routes,
+    build_world,
+    candidate_paths,
+    candidates_for_domain,
+    changed_tables,
+    fingerprint,
+)
+
+# Routes anyone may reach (prefix of the route template or a route name), with the reason.
+PUBLIC = {
+    "accounts/": "allauth's own sign-in, reset, MFA and reauthentication flows: each page acts on the "
+    "session's own user only and refuses or redirects anonymous users itself",
+    "admin:login": "the Django admin's login entry (allauth's secure_admin_login sends it to our login)",
+    "admin:logout": "signing out is harmless",
+    "admin:jsi18n": "static translation catalogue of the admin",
+    "o/": "OAuth2 endpoints (authorize, token, revoke, introspect): clients and owners authenticate there",
+    "portal:login": "the mailbox owners' sign-in page",
+    "portal/login": "the mailbox owners' sign-in page",
+    "healthz": "liveness probe for load balancers, no data",
+    "metrics": "Prometheus scrape endpoint, no per-domain data",
+}
+# Routes a signed-in staff user acts on for themselves only (allauth: own password, own
+# authenticators, own sign-out): swept with GET, not POST, since a POST would end or
+# change the sweeping session itself (e.g. sign it out) and hide later results.
+SELF_SERVICE_PREFIXES = ("accounts/",)
+SELF_SERVICE_NAMES = {"admin:logout", "admin:password_change"}
+# Append-only logs that a refused request may legitimately write to.
+LOGS = {"staff.AuditEntry"}
+
+LOGIN_PATHS = ("/accounts/login/", "/django-admin/login/", "/portal/login/", "/accounts/reauthenticate/")
+REFUSED = {401, 403, 404, 405}
+
+
+def is_public(route):
+    return any(route.path_template.startswith(p) or route.name == p for p in PUBLIC)
+
+
+def is_self_service(route):
+    return route.path_template.startswith(SELF_SERVICE_PREFIXES) or route.name in SELF_SERVICE_NAMES
+
+
+def leaks_a(response):
+    if response.status_code != 200 or getattr(response, "streaming", False):
+        return False
+    body = response.content.decode("utf-8", "replace")
+    return MARKER_A in body or DOMAIN_A_NAME in body
+
+
+def redirects_to_login(response):
+    return response.status_code == 302 and any(p in response["Location"] for p in LOGIN_PATHS)
+
+
+@pytest.fixture
+def world(db, domain_a, domain_b, admin_a):
+    """One object of every model kind tied to domain A; the list of (route, path)."""
+    domain_a.description = MARKER_A
+    domain_a.save()
+    built = build_world(domain_a)
+    candidates = candidates_for_domain(domain_a)
+    requests = []
+    for route in all_routes():
+        for path in candidate_paths(route, candidates):
+            requests.append((route, path))
+    return built, requests
+
+
+def sweep(client, requests, method, check):
+    problems = []
+    for route, path in requests:
+        response = client.generic(method, path, secure=False)
+        if response.status_code >= 500:
+            problems.append(f"{method} {path} ({route}): HTTP {response.status_code}")
+            continue
+        problem = check(route, path, response)
+        if problem:
+            problems.append(f"{method} {path} ({route}): {problem}")
+    return problems
+
+
+def test_the_sweep_covers_every_route(world):
+    built, requests = world
+    swept = {str(route) for route, _ in requests}
+    routes = all_routes()
+    # Only the Django admin's unnamed catch-all cannot be filled (it answers every path).
+    unswept = [str(r) for r in routes if str(r) not in swept and "(?P<url>.*)" not in r.path_template]
+    assert not unswept, f"routes the sweep cannot fill: {unswept}"
+    assert any(model._meta.model_name == "domain" for model in built)
+
+
+def test_admin_of_another_domain_never_sees_or_changes_domain_a(world, client_b, admin_b):
+    _, requests = world
+    before = fingerprint(exclude=LOGS)
+
+    def check(route, path, response):
+        if leaks_a(response):
+            return "200 with domain A's data"
+        return None
+
+    problems = sweep(client_b, requests, "GET", check)
+    problems += sweep(client_b, [(r, p) for r, p in requests if not is_self_service(r)], "POST", check)
+    assert not problems, "\n".join(problems)
+    assert not changed_tables(before, fingerprint(exclude=LOGS))
+    assert client_b.get("/").wsgi_request.user == admin_b  # still signed in: the sweep was real
+
+
+def test_auditor_writes_are_refused_and_change_nothing(world, auditor_client, auditor):
+    _, requests = world
+    before = fingerprint(exclude=LOGS)
+    readable = {path for route, path in requests if auditor_client.get(path).status_code == 200}
+
+    def check(route, path, response):
+        if response.status_code in REFUSED or redirects_to_login(response):
+            return None
+        if response.status_code == 200 and path in readable:
+            return None  # a read page that ignores the method; the fingerprint proves no write
+        return f"HTTP {response.status_code} {response.get('Location', '')}"
+
+    targets = [(r, p) for r, p in requests if not is_self_service(r) and not is_public(r)]
+    problems = sweep(auditor_client, targets, "POST", check)
+    assert not problems, "\n".join(problems)
+    assert not changed_tables(before, fingerprint(exclude=LOGS))
+    assert auditor_client.get("/").wsgi_request.user == auditor
+
+
+def test_anonymous_clients_are_sent_to_login_everywhere_not_public(world):
+    _, requests = world
+    client = Client()
+    before = fingerprint(exclude=LOGS)
+
+    def check(route, path, response):
+        if is_public(route):
+            return None  # no 500 is all we ask of public pages
+        if response.status_code in REFUSED or redirects_to_login(response):
+            return None
+        return f"HTTP {response.status_code} {response.get('Location', '')}"
+
+    problems = sweep(client, requests, "GET", check) + sweep(client, requests, "POST", check)
+    assert not problems, "\n".join(problems)
+    assert not changed_tables(before, fingerprint(exclude=LOGS))
+
+
+def test_a_staff_user_without_a_role_of_the_domain_sees_nothing(world, db):
+    """An auditor restricted to domain B (not all domains) reads nothing of A."""
+    _, requests = world
+    user, _ = create_staff("auditor-b@staff.example", role=Role.AUDITOR, domains=[])
+    add_totp(user)
+    client = Client()
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+
+    def check(route, path, response):
+        return "200 with domain A's data" if leaks_a(response) else None
+
+    problems = sweep(client, requests, "GET", check)
+    assert not problems, "\n".join(problems)
