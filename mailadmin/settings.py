@@ -222,6 +222,9 @@ LOGGING = {
 # django-csp sets the header; no page needs inline scripts or style attributes
 # (allauth passes its data in <script type="application/json">, which CSP allows).
 MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "csp.middleware.CSPMiddleware")
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.common.CommonMiddleware") + 1, "mailadmin.security.RejectNulBytesMiddleware"
+)
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
