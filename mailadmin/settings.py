@@ -10,6 +10,7 @@ from mailadmin.env import (
     database,
     env_bool,
     env_choice,
+    env_float,
     env_int,
     env_list,
     env_str,
@@ -108,7 +109,7 @@ SMTP_ARGON2_MEMORY_COST = env_int("SMTP_ARGON2_MEMORY_COST", 19456, minimum=7168
 SMTP_ARGON2_PARALLELISM = env_int("SMTP_ARGON2_PARALLELISM", 1, minimum=1)
 VERIFY_CONCURRENCY = env_int("VERIFY_CONCURRENCY", os.cpu_count() or 2, minimum=1)
 # Key for CRAM-MD5 secrets at rest: a comma-separated list of Fernet keys,
-# newest first (rotation: prepend a new key, run `manage.py rotate_cram_keys`).
+# newest first (rotation: prepend a new key, run `manage.py rotate_credential_keys`).
 CREDENTIAL_ENCRYPTION_KEYS = env_list("CREDENTIAL_ENCRYPTION_KEYS", [])
 
 # --- allauth: staff login with mandatory MFA, no public sign-up ---
@@ -217,6 +218,109 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- accounts (mailboxes, credentials; README "Mailboxes and credentials") ---
+SCRAM_ITERATIONS = env_int("SCRAM_ITERATIONS", 4096, minimum=4096)
+# Recent successful SMTP verifications kept in memory (see accounts/verify.py).
+VERIFY_CACHE_SIZE = env_int("VERIFY_CACHE_SIZE", 10000, minimum=0)
+VERIFY_CACHE_TTL = env_int("VERIFY_CACHE_TTL", 900, minimum=0)
+MAILBOX_CSV_MAX_BYTES = env_int("MAILBOX_CSV_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
+PASSWORD_EXPIRY_NOTICE_DAYS = env_int("PASSWORD_EXPIRY_NOTICE_DAYS", 7, minimum=1)
+if not CREDENTIAL_ENCRYPTION_KEYS and DEBUG:
+    from mailadmin.accounts.keys import development_key
+
+    CREDENTIAL_ENCRYPTION_KEYS = [development_key(VAR_DIR)]
+# Other apps add their own entries the same way, so merges never conflict.
+CELERY_BEAT_SCHEDULE = {
+    **globals().get("CELERY_BEAT_SCHEDULE", {}),
+    "accounts-notify-expiring-passwords": {"task": "accounts.notify_expiring_passwords", "schedule": 6 * 3600},
+}
+
+# --- oauth: OAuth2 provider for SMTP (XOAUTH2 / OAUTHBEARER) and the mailbox-owner portal ---
+# (see README "OAuth2 for SMTP and the owner portal")
+INSTALLED_APPS += ["oauth2_provider", "mailadmin.oauth", "mailadmin.portal"]
+OAUTH_ENABLED = env_bool("OAUTH_ENABLED", True)
+OAUTH_ACCESS_TOKEN_SECONDS = env_int("OAUTH_ACCESS_TOKEN_SECONDS", 3600, minimum=60, maximum=86400)
+OAUTH_REFRESH_TOKEN_SECONDS = env_int("OAUTH_REFRESH_TOKEN_SECONDS", 90 * 86400, minimum=3600)
+# RFC 8707 resource indicator of the SMTP service: a token bound to other resources is refused.
+OAUTH_SMTP_RESOURCE = env_str("OAUTH_SMTP_RESOURCE", f"{SITE_URL}/smtp")
+# RFC 8414 metadata, named in the OAUTHBEARER error challenge (RFC 7628 "openid-configuration").
+OAUTH_DISCOVERY_URL = f"{SITE_URL}/.well-known/oauth-authorization-server"
+# The resource owner is a mailbox: DOT's models are swapped (first migration of mailadmin.oauth).
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth.Application"
+OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth.AccessToken"
+OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL = "oauth.RefreshToken"
+OAUTH2_PROVIDER_GRANT_MODEL = "oauth.Grant"
+OAUTH2_PROVIDER_ID_TOKEN_MODEL = "oauth.IDToken"
+OAUTH2_PROVIDER = {
+    "SCOPES": {"smtp": "Send mail as this mailbox (SMTP AUTH)"},
+    "DEFAULT_SCOPES": ["smtp"],
+    "ACCESS_TOKEN_EXPIRE_SECONDS": OAUTH_ACCESS_TOKEN_SECONDS,
+    "REFRESH_TOKEN_EXPIRE_SECONDS": OAUTH_REFRESH_TOKEN_SECONDS,
+    "ROTATE_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
+    "OAUTH2_VALIDATOR_CLASS": "mailadmin.oauth.validators.MailboxOAuth2Validator",
+    # Client secrets are long random strings: the cheap SMTP Argon2 parameters suffice.
+    "CLIENT_SECRET_HASHER": "argon2smtp",
+    # Only SHA-256 checksums of access and refresh tokens are stored.
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+}
+# Owner portal sign-in throttle (Django cache): attempts per window per client IP and per address.
+PORTAL_LOGIN_LIMIT_PER_IP = env_int("PORTAL_LOGIN_LIMIT_PER_IP", 20, minimum=1)
+PORTAL_LOGIN_LIMIT_PER_ADDRESS = env_int("PORTAL_LOGIN_LIMIT_PER_ADDRESS", 5, minimum=1)
+PORTAL_LOGIN_WINDOW_SECONDS = env_int("PORTAL_LOGIN_WINDOW_SECONDS", 300, minimum=10)
+
+# --- monitoring ---
+INSTALLED_APPS += ["mailadmin.monitoring"]
+MONITORING_PREFIX_V4 = env_int("MONITORING_PREFIX_V4", 24, minimum=8, maximum=32)
+MONITORING_PREFIX_V6 = env_int("MONITORING_PREFIX_V6", 64, minimum=16, maximum=128)
+MONITORING_EVENT_RETENTION_DAYS = env_int("MONITORING_EVENT_RETENTION_DAYS", 90, minimum=1)
+MONITORING_ALERT_MAILS_PER_HOUR = env_int("MONITORING_ALERT_MAILS_PER_HOUR", 20, minimum=1)
+MONITORING_OWNER_NOTICES = env_bool("MONITORING_OWNER_NOTICES", False)
+CELERY_TASK_ROUTES = {
+    "monitoring.ingest_auth_events": {"queue": "ingest"},
+    "monitoring.record_messages_sent": {"queue": "ingest"},
+    "monitoring.run_scheduled_detectors": {"queue": "ingest"},
+    "monitoring.prune_events": {"queue": "ingest"},
+    "monitoring.send_alert_email": {"queue": "alerts"},
+    "monitoring.send_digests": {"queue": "alerts"},
+}
+CELERY_BEAT_SCHEDULE = {
+    **globals().get("CELERY_BEAT_SCHEDULE", {}),
+    "monitoring-scheduled-detectors": {"task": "monitoring.run_scheduled_detectors", "schedule": 60.0},
+    "monitoring-hourly-digest": {"task": "monitoring.send_digests", "schedule": 3600.0, "args": ["hourly"]},
+    "monitoring-daily-digest": {"task": "monitoring.send_digests", "schedule": 86400.0, "args": ["daily"]},
+    "monitoring-prune-events": {"task": "monitoring.prune_events", "schedule": 3600.0},
+}
+
+# --- smtpd (the SMTP submission server; see README "SMTP submission server") ---
+INSTALLED_APPS += ["smtpd"]  # only for `manage.py runsmtpd`; smtpd has no models
+SMTPD_LISTEN = env_list("SMTPD_LISTEN", ["127.0.0.1:1587", "[::1]:1587"] if DEBUG else ["0.0.0.0:587", "[::]:587"])
+SMTPD_TLS_LISTEN = env_list(
+    "SMTPD_TLS_LISTEN", ["127.0.0.1:1465", "[::1]:1465"] if DEBUG else ["0.0.0.0:465", "[::]:465"]
+)
+SMTPD_TLS_CERT = env_str("SMTPD_TLS_CERT", "")  # empty: self-signed pair generated into var/ (DEBUG only)
+SMTPD_TLS_KEY = env_str("SMTPD_TLS_KEY", "")
+SMTPD_HOSTNAME = env_str("SMTPD_HOSTNAME", "localhost" if DEBUG else "")  # empty: the machine's FQDN
+SMTPD_NODE_NAME = env_str("SMTPD_NODE_NAME", "")  # empty: the host name
+SMTPD_PROXY_NETWORKS = env_list("SMTPD_PROXY_NETWORKS", [])
+SMTPD_AUTH_FAIL_DELAY = env_float("SMTPD_AUTH_FAIL_DELAY", 1.0, minimum=0.0)  # seconds, +/- 25% jitter
+SMTPD_MAX_AUTH_FAILURES = env_int("SMTPD_MAX_AUTH_FAILURES", 3, minimum=1)
+SMTPD_AUTH_RATE_PER_IP = env_int("SMTPD_AUTH_RATE_PER_IP", 60, minimum=1)  # AUTH commands per minute per worker
+SMTPD_MAX_MESSAGE_SIZE = env_int("SMTPD_MAX_MESSAGE_SIZE", 25 * 1024 * 1024, minimum=1024)
+SMTPD_MAX_RECIPIENTS = env_int("SMTPD_MAX_RECIPIENTS", 100, minimum=1)
+SMTPD_SESSION_TIMEOUT = env_int("SMTPD_SESSION_TIMEOUT", 300, minimum=5)
+SMTPD_DRAIN_TIMEOUT = env_int("SMTPD_DRAIN_TIMEOUT", 30, minimum=0)
+SMTPD_THREADS = env_int("SMTPD_THREADS", 8, minimum=1)
+SMTPD_WORKERS = env_int("SMTPD_WORKERS", 1, minimum=1)
+SMTPD_METRICS_LISTEN = env_str("SMTPD_METRICS_LISTEN", "127.0.0.1:9587" if DEBUG else "")
+SMTPD_SPOOL_DIR = env_str("SMTPD_SPOOL_DIR", str(VAR_DIR / "smtpd-spool"))
+SMTPD_MAILDIR = env_str("SMTPD_MAILDIR", str(VAR_DIR / "maildir"))
+RELAY_URL = env_str("RELAY_URL", "")  # smtp://user:pass@host:587 (STARTTLS) or smtps://...:465; empty: Maildir
 
 # --- hardening: CSP, cookies, staff sessions, re-authentication (README "Security") ---
 # django-csp sets the header; no page needs inline scripts or style attributes

@@ -2,6 +2,7 @@ from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path
 
+from mailadmin.oauth import views as oauth_views
 from mailadmin.staff import views as staff_views
 
 admin.site.site_header = "Mailadmin (superadmin)"
@@ -14,4 +15,7 @@ urlpatterns = [
     path("", include("mailadmin.accounts.urls")),
     path("", include("mailadmin.staff.urls")),
     path("django-admin/", admin.site.urls),
+    path("oauth/", include("mailadmin.oauth.urls")),
+    path(".well-known/oauth-authorization-server", oauth_views.authorization_server_metadata),
+    path("my/", include("mailadmin.portal.urls")),
 ]

@@ -1,0 +1,539 @@
+"""THE credential verifier: the smtpd (and anything else checking an SMTP
+credential) calls these functions and nothing else. See README "Mailboxes and
+credentials" for the reasons and the cache.
+
+All functions are synchronous and thread-safe (Django gives each thread its own
+database connection), and never raise: a database error gives TEMP_FAILURE.
+
+Reasons are internal (for auth events); the SMTP reply must not tell them
+apart except TEMP_FAILURE (454) and TRANSITION_NEEDED (432 4.7.12).
+
+Order of checks in verify_password: the secret is always verified first (one
+Argon2 computation, a dummy one for unknown users, so timing does not reveal
+which addresses exist); then the account state (DISABLED/SUSPENDED are
+reported whether or not the secret was right); then, only for a right
+secret, the credential's own conditions (expiry, networks, app-password-only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import threading
+import time
+import unicodedata
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+
+import idna
+from django.conf import settings
+from django.contrib.auth.hashers import identify_hasher, make_password
+from django.db import DatabaseError, connections
+from django.db.models.functions import Lower
+from django.utils import timezone
+from django.utils.encoding import force_bytes
+
+from mailadmin.accounts import credentials
+from mailadmin.accounts.md5state import hmac_md5_from_state
+from mailadmin.accounts.models import AppPassword, Domain, Mailbox, PasswordPolicy
+
+logger = logging.getLogger(__name__)
+
+LAST_USE_WRITE_INTERVAL = timedelta(seconds=60)
+
+
+class Reason(StrEnum):
+    SUCCESS = "success"
+    BAD_CREDENTIALS = "bad_credentials"
+    UNKNOWN_USER = "unknown_user"
+    DISABLED = "disabled"
+    SUSPENDED = "suspended"
+    EXPIRED = "expired"
+    APP_PASSWORD_REQUIRED = "app_password_required"
+    NETWORK_NOT_ALLOWED = "network_not_allowed"
+    TEMP_FAILURE = "temp_failure"
+    TRANSITION_NEEDED = "transition_needed"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    reason: Reason
+    username: str  # normalised address (domain as lowercase A-label; local part as stored)
+    mailbox_id: int | None
+    credential: str  # "password" | "app_password:<id>" | "none"
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == Reason.SUCCESS
+
+
+@dataclass(frozen=True)
+class ScramLookup:
+    reason: Reason
+    username: str
+    mailbox_id: int | None
+    salt: bytes
+    iterations: int
+    stored_key: bytes = field(repr=False)
+    server_key: bytes = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == Reason.SUCCESS
+
+
+@dataclass(frozen=True)
+class CramLookup:
+    reason: Reason
+    username: str
+    mailbox_id: int | None
+    _state: bytes = field(default=b"", repr=False, compare=False)
+    _client_ip: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == Reason.SUCCESS
+
+    def check(self, challenge: bytes, digest_hex: str) -> bool:
+        """True only if the lookup succeeded and the client's digest is right.
+        On success it also records the mailbox's last login (mechanism CRAM-MD5)."""
+        state = self._state if len(self._state) == 32 else os.urandom(32)
+        expected = hmac_md5_from_state(state, force_bytes(challenge)).hex()
+        given = (digest_hex or "").strip().lower()
+        matched = hmac.compare_digest(expected.encode(), given.encode("ascii", "replace"))
+        ok = matched and self.reason == Reason.SUCCESS and len(self._state) == 32
+        if ok and self.mailbox_id is not None:
+            record_login(self.mailbox_id, client_ip=self._client_ip, mechanism="CRAM-MD5")
+        return ok
+
+
+# --- usernames --------------------------------------------------------------------------
+
+
+def normalise_username(raw: str) -> str:
+    """ "Bob@Bücher.Example." → "Bob@xn--bcher-kva.example": the domain as a
+    lowercase A-label, the local part NFC-normalised but otherwise as given
+    (results carry the stored spelling once the mailbox is found)."""
+    raw = (raw or "").strip()
+    local, sep, domain = raw.rpartition("@")
+    if not sep or not local or not domain:
+        return raw
+    domain = domain.rstrip(".")
+    try:
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        domain = domain.lower()
+    return f"{unicodedata.normalize('NFC', local)}@{domain.lower()}"
+
+
+def _find_mailbox(username: str) -> Mailbox | None:
+    local, _, domain_name = username.rpartition("@")
+    if not local or not domain_name:
+        return None
+    # LOWER(local_part) = … uses the (domain, lower(local_part)) unique index.
+    rows = list(
+        Mailbox.objects.select_related("domain")
+        .annotate(local_lower=Lower("local_part"))
+        .filter(domain__name=domain_name, local_lower=local.lower())
+        .order_by()[:1]
+    )
+    return rows[0] if rows else None
+
+
+# --- Argon2 with a bound, dummy hashing, cache of recent successes ----------------------
+
+_dummy = {"params": None, "hash": None}
+_dummy_lock = threading.Lock()
+
+
+def _dummy_hash() -> str:
+    params = (settings.SMTP_ARGON2_TIME_COST, settings.SMTP_ARGON2_MEMORY_COST, settings.SMTP_ARGON2_PARALLELISM)
+    with _dummy_lock:
+        if _dummy["params"] != params:
+            _dummy["hash"] = make_password(os.urandom(16).hex(), hasher=credentials.HASHER)
+            _dummy["params"] = params
+        return _dummy["hash"]
+
+
+def _argon2_check(secret: str, encoded: str) -> bool:
+    """Verify against any configured hasher (imported hashes may be PBKDF2 etc.)."""
+    try:
+        hasher = identify_hasher(encoded)
+    except ValueError:
+        # Unusable or unknown hash: still spend the time.
+        _dummy_verify(secret)
+        return False
+    with credentials.argon2_slot():
+        return hasher.verify(secret, encoded)
+
+
+def _dummy_verify(secret: str) -> None:
+    encoded = _dummy_hash()
+    with credentials.argon2_slot():
+        identify_hasher(encoded).verify(secret, encoded)
+
+
+def _needs_rehash(encoded: str) -> bool:
+    try:
+        hasher = identify_hasher(encoded)
+    except ValueError:
+        return True
+    return hasher.algorithm != credentials.HASHER or hasher.must_update(encoded)
+
+
+class _SuccessCache:
+    """Recent successful verifications: (kind, id) → (stored hash string,
+    HMAC-SHA256 of the secret under a per-process random key, time).
+
+    A hit needs the hash string just read from the database to be unchanged
+    and the secret's HMAC to match, so a password change is effective on the
+    next attempt; state, expiry, revocation and networks are always checked
+    against the row just read. The HMAC key never leaves this process."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, int], tuple[str, bytes, float]] = OrderedDict()
+        self._key = os.urandom(32)
+
+    def _mac(self, secret: str) -> bytes:
+        return hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    def hit(self, key: tuple[str, int], stored_hash: str, secret: str) -> bool:
+        ttl = settings.VERIFY_CACHE_TTL
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return False
+            cached_hash, mac, stamp = entry
+            if time.monotonic() - stamp > ttl or cached_hash != stored_hash:
+                del self._entries[key]
+                return False
+        return hmac.compare_digest(mac, self._mac(secret))
+
+    def put(self, key: tuple[str, int], stored_hash: str, secret: str) -> None:
+        size = settings.VERIFY_CACHE_SIZE
+        if size <= 0 or settings.VERIFY_CACHE_TTL <= 0:
+            return
+        entry = (stored_hash, self._mac(secret), time.monotonic())
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > size:
+                self._entries.popitem(last=False)
+
+    def discard(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self):
+        return len(self._entries)
+
+
+success_cache = _SuccessCache()
+
+
+def _check_secret(kind: str, pk: int, stored_hash: str, secret: str) -> tuple[bool, bool]:
+    """(matched, from_cache)."""
+    if not stored_hash:
+        return False, False
+    if success_cache.hit((kind, pk), stored_hash, secret):
+        return True, True
+    return _argon2_check(secret, stored_hash), False
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _clean_ip(client_ip: str | None) -> str | None:
+    if not client_ip:
+        return None
+    try:
+        ip = ipaddress.ip_address(str(client_ip).strip())
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def _state_reason(mailbox: Mailbox) -> Reason | None:
+    if mailbox.state == Mailbox.State.DISABLED or not mailbox.domain.is_active:
+        return Reason.DISABLED
+    if mailbox.state == Mailbox.State.SUSPENDED:
+        return Reason.SUSPENDED
+    return None
+
+
+def password_expired(mailbox: Mailbox, now=None, policy: PasswordPolicy | None = None) -> bool:
+    policy = policy or PasswordPolicy.for_domain(mailbox.domain)
+    if not policy.max_age_days:
+        return False
+    changed = mailbox.password_changed_at or mailbox.created
+    return changed is not None and changed + timedelta(days=policy.max_age_days) <= (now or timezone.now())
+
+
+def _after_database_error() -> None:
+    """Drop a broken connection so the next call in this thread reconnects."""
+    try:
+        conn = connections["default"]
+        if not conn.in_atomic_block:
+            conn.close()
+    except Exception:  # noqa: S110 - best effort; the caller already reports TEMP_FAILURE
+        pass
+
+
+def record_login(
+    mailbox_id: int,
+    *,
+    client_ip: str | None = None,
+    mechanism: str = "",
+    app_password_id: int | None = None,
+) -> None:
+    """Record a successful login (mailbox, and the app password if one was used).
+    verify_password and CramLookup.check call this themselves; the smtpd calls
+    it after a successful SCRAM exchange. Writes at most once a minute per
+    credential unless the IP or mechanism changed. Never raises."""
+    ip = _clean_ip(client_ip)
+    mechanism = (mechanism or "")[:20]
+    now = timezone.now()
+    try:
+        Mailbox.objects.filter(pk=mailbox_id).exclude(
+            last_login_at__gt=now - LAST_USE_WRITE_INTERVAL, last_login_ip=ip, last_login_mechanism=mechanism
+        ).update(last_login_at=now, last_login_ip=ip, last_login_mechanism=mechanism)
+        if app_password_id is not None:
+            AppPassword.objects.filter(pk=app_password_id).exclude(
+                last_used_at__gt=now - LAST_USE_WRITE_INTERVAL, last_used_ip=ip, last_used_mechanism=mechanism
+            ).update(last_used_at=now, last_used_ip=ip, last_used_mechanism=mechanism)
+    except DatabaseError:
+        logger.warning("could not record a login for mailbox %s", mailbox_id, exc_info=True)
+        _after_database_error()
+
+
+# --- verify_password --------------------------------------------------------------------
+
+
+def verify_password(
+    username: str, secret: str, *, client_ip: str | None = None, mechanism: str = "PLAIN"
+) -> VerifyResult:
+    """Check a mailbox password or app password (PLAIN, LOGIN, and the web)."""
+    name = normalise_username(username if isinstance(username, str) else "")
+    try:
+        if isinstance(secret, bytes | bytearray):
+            secret = bytes(secret).decode("utf-8", "surrogateescape")
+        return _verify_password(name, secret or "", _clean_ip(client_ip), mechanism)
+    except DatabaseError:
+        logger.warning("credential check for %r failed: database error", name, exc_info=True)
+        _after_database_error()
+        return VerifyResult(Reason.TEMP_FAILURE, name, None, "none")
+    except Exception:
+        logger.exception("credential check for %r failed unexpectedly", name)
+        return VerifyResult(Reason.TEMP_FAILURE, name, None, "none")
+
+
+def _verify_password(name: str, secret: str, client_ip: str | None, mechanism: str) -> VerifyResult:
+    app_secret = credentials.normalise_app_password(secret)
+    mailbox = _find_mailbox(name)
+    if mailbox is None:
+        _dummy_verify(secret)
+        if app_secret is not None:
+            _dummy_verify(app_secret)  # a known mailbox would also try its app password(s)
+        return VerifyResult(Reason.UNKNOWN_USER, name, None, "none")
+    name = mailbox.address
+    now = timezone.now()
+    hashed = False
+
+    matched_app: AppPassword | None = None
+    matched_app_cached = False
+    if app_secret is not None:
+        apps = list(mailbox.app_passwords.filter(revoked_at__isnull=True).order_by("-last_used_at", "-id"))
+        for app in apps:
+            if success_cache.hit(("app", app.pk), app.password_hash, app_secret):
+                matched_app, matched_app_cached = app, True
+                break
+        else:
+            for app in apps:
+                hashed = True
+                if _argon2_check(app_secret, app.password_hash):
+                    matched_app = app
+                    break
+
+    password_ok = password_cached = False
+    if matched_app is None and mailbox.password_hash:
+        password_ok, password_cached = _check_secret("password", mailbox.pk, mailbox.password_hash, secret)
+        hashed = hashed or not password_cached
+    if not hashed and matched_app is None and not password_ok:
+        _dummy_verify(secret)
+
+    credential = f"app_password:{matched_app.pk}" if matched_app else ("password" if password_ok else "none")
+    state = _state_reason(mailbox)
+    if state is not None:
+        return VerifyResult(state, name, mailbox.pk, credential)
+    if matched_app is not None:
+        if matched_app.is_expired(now):
+            return VerifyResult(Reason.EXPIRED, name, mailbox.pk, credential)
+        if not credentials.network_allowed(matched_app, client_ip):
+            return VerifyResult(Reason.NETWORK_NOT_ALLOWED, name, mailbox.pk, credential)
+        stored = _upgrade_app_password(matched_app, app_secret)
+        if not matched_app_cached or stored != matched_app.password_hash:
+            success_cache.put(("app", matched_app.pk), stored, app_secret)
+        record_login(mailbox.pk, client_ip=client_ip, mechanism=mechanism, app_password_id=matched_app.pk)
+        return VerifyResult(Reason.SUCCESS, name, mailbox.pk, credential)
+    if not password_ok:
+        return VerifyResult(Reason.BAD_CREDENTIALS, name, mailbox.pk, "none")
+    if mailbox.domain.require_app_passwords:
+        return VerifyResult(Reason.APP_PASSWORD_REQUIRED, name, mailbox.pk, credential)
+    if password_expired(mailbox, now):
+        return VerifyResult(Reason.EXPIRED, name, mailbox.pk, credential)
+    stored = _upgrade_mailbox_password(mailbox, secret)
+    if not password_cached or stored != mailbox.password_hash:
+        success_cache.put(("password", mailbox.pk), stored, secret)
+    if not mailbox.has_scram or (mailbox.domain.cram_md5_enabled and not mailbox.cram_md5_state):
+        credentials.add_transition_secrets(mailbox, secret)
+    record_login(mailbox.pk, client_ip=client_ip, mechanism=mechanism)
+    return VerifyResult(Reason.SUCCESS, name, mailbox.pk, credential)
+
+
+def _upgrade_mailbox_password(mailbox: Mailbox, secret: str) -> str:
+    """Re-hash with the current parameters if needed; returns the stored hash."""
+    if not _needs_rehash(mailbox.password_hash):
+        return mailbox.password_hash
+    new_hash = credentials.hash_secret(secret)
+    updated = Mailbox.objects.filter(pk=mailbox.pk, password_hash=mailbox.password_hash).update(password_hash=new_hash)
+    if updated:
+        mailbox.password_hash = new_hash
+        # The history keeps older hashes; the upgraded hash is the same password.
+    return mailbox.password_hash
+
+
+def _upgrade_app_password(app: AppPassword, secret: str) -> str:
+    if not _needs_rehash(app.password_hash):
+        return app.password_hash
+    new_hash = credentials.hash_secret(secret)
+    if AppPassword.objects.filter(pk=app.pk, password_hash=app.password_hash).update(password_hash=new_hash):
+        app.password_hash = new_hash
+    return app.password_hash
+
+
+# --- SCRAM-SHA-256 and CRAM-MD5 lookups ------------------------------------------------
+
+
+def _fake_key() -> bytes:
+    return hashlib.sha256(b"mailadmin.scram-fake:" + force_bytes(settings.SECRET_KEY)).digest()
+
+
+def _fake_scram(reason: Reason, name: str, mailbox_id: int | None) -> ScramLookup:
+    """Stable salt/iterations for a name (the same on every node, so probing
+    cannot tell a fake from a real verifier) and random keys, so the exchange
+    fails at the end like a wrong password."""
+    salt = hmac.new(_fake_key(), b"salt\x00" + name.lower().encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return ScramLookup(reason, name, mailbox_id, salt[:16], settings.SCRAM_ITERATIONS, os.urandom(32), os.urandom(32))
+
+
+def _credential_reason(mailbox: Mailbox) -> Reason | None:
+    """Why the mailbox password cannot be used at all, before any secret is seen."""
+    state = _state_reason(mailbox)
+    if state is not None:
+        return state
+    if mailbox.domain.require_app_passwords:
+        return Reason.APP_PASSWORD_REQUIRED
+    if password_expired(mailbox):
+        return Reason.EXPIRED
+    return None
+
+
+def scram_lookup(username: str, *, client_ip: str | None = None) -> ScramLookup:
+    """The SCRAM-SHA-256 verifier of a mailbox password (app passwords have none).
+    Anything but SUCCESS comes with fake material; the smtpd runs the exchange
+    to the end and fails it, reporting `reason` in the event. After a successful
+    exchange the smtpd calls record_login(mailbox_id, ..., mechanism="SCRAM-SHA-256")."""
+    name = normalise_username(username if isinstance(username, str) else "")
+    try:
+        mailbox = _find_mailbox(name)
+        if mailbox is None:
+            return _fake_scram(Reason.UNKNOWN_USER, name, None)
+        name = mailbox.address
+        reason = _credential_reason(mailbox)
+        if reason is None and not mailbox.has_scram:
+            reason = Reason.TRANSITION_NEEDED
+        if reason is not None:
+            return _fake_scram(reason, name, mailbox.pk)
+        return ScramLookup(
+            Reason.SUCCESS,
+            name,
+            mailbox.pk,
+            bytes(mailbox.scram_salt),
+            mailbox.scram_iterations,
+            bytes(mailbox.scram_stored_key),
+            bytes(mailbox.scram_server_key),
+        )
+    except DatabaseError:
+        logger.warning("SCRAM lookup for %r failed: database error", name, exc_info=True)
+        _after_database_error()
+        return _fake_scram(Reason.TEMP_FAILURE, name, None)
+    except Exception:
+        logger.exception("SCRAM lookup for %r failed unexpectedly", name)
+        return _fake_scram(Reason.TEMP_FAILURE, name, None)
+
+
+def cram_lookup(username: str, *, client_ip: str | None = None) -> CramLookup:
+    """The CRAM-MD5 state of a mailbox password. A domain with CRAM-MD5 off
+    gives BAD_CREDENTIALS (the client's digest cannot be checked)."""
+    name = normalise_username(username if isinstance(username, str) else "")
+    ip = _clean_ip(client_ip)
+    try:
+        mailbox = _find_mailbox(name)
+        if mailbox is None:
+            return CramLookup(Reason.UNKNOWN_USER, name, None)
+        name = mailbox.address
+        reason = _state_reason(mailbox)
+        if reason is None and not mailbox.domain.cram_md5_enabled:
+            reason = Reason.BAD_CREDENTIALS
+        reason = reason or _credential_reason(mailbox)
+        if reason is None and not mailbox.cram_md5_state:
+            reason = Reason.TRANSITION_NEEDED
+        if reason is not None:
+            return CramLookup(reason, name, mailbox.pk)
+        state = credentials.decrypt_cram_state(mailbox.cram_md5_state)
+        return CramLookup(Reason.SUCCESS, name, mailbox.pk, state, ip)
+    except DatabaseError:
+        logger.warning("CRAM-MD5 lookup for %r failed: database error", name, exc_info=True)
+        _after_database_error()
+        return CramLookup(Reason.TEMP_FAILURE, name, None)
+    except Exception:
+        # Also a missing or wrong CREDENTIAL_ENCRYPTION_KEYS (InvalidToken, CredentialKeyMissing).
+        logger.exception("CRAM-MD5 lookup for %r failed", name)
+        return CramLookup(Reason.TEMP_FAILURE, name, None)
+
+
+_cram_anywhere = {"value": False, "at": -1e9}
+CRAM_ANYWHERE_TTL = 5.0
+
+
+def cram_md5_enabled_anywhere() -> bool:
+    """Whether any active domain enables CRAM-MD5 (the smtpd advertises it only
+    then). Cached for a few seconds per process."""
+    now = time.monotonic()
+    if now - _cram_anywhere["at"] < CRAM_ANYWHERE_TTL:
+        return _cram_anywhere["value"]
+    try:
+        value = Domain.objects.filter(cram_md5_enabled=True, is_active=True).exists()
+    except DatabaseError:
+        _after_database_error()
+        return _cram_anywhere["value"]
+    _cram_anywhere.update(value=value, at=now)
+    return value
+
+
+def clear_caches() -> None:
+    """Forget cached verifications and the CRAM-MD5 flag (tests, key rotation)."""
+    success_cache.clear()
+    _cram_anywhere.update(value=False, at=-1e9)

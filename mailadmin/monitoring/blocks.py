@@ -1,0 +1,253 @@
+"""Block decisions for the smtpd, and creating blocks with escalation.
+
+    decision = check_source("203.0.113.9", "ann@a.example")
+    if decision.blocked: ...reply 454/535 without verifying the credential
+
+`check_source` is synchronous and cheap: it answers from an in-process snapshot
+of active blocks and the allowlist. Every change to a Block or AllowedNetwork
+bumps a version stamp in the Django cache (Redis in production, a file cache in
+development); each process polls the stamp at most every POLL_SECONDS and
+reloads the snapshot when it changed, so a block made by any worker is enforced
+by every smtpd process within a second. If the cache is unreachable the
+snapshot is still reloaded from the database every FALLBACK_RELOAD_SECONDS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+VERSION_KEY = "monitoring:blocks:version"
+POLL_SECONDS = 0.3
+FALLBACK_RELOAD_SECONDS = 5.0
+FULL_RELOAD_SECONDS = 60.0
+
+BASE_BLOCK = timedelta(minutes=15)
+MAX_BLOCK = timedelta(days=7)
+# A repeat offence within this long after the previous block escalates.
+ESCALATION_MEMORY = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Decision:
+    blocked: bool
+    allowlisted: bool
+    block_id: int | None
+    reason: str
+
+
+ALLOW = Decision(blocked=False, allowlisted=False, block_id=None, reason="")
+
+
+def prefix_of(ip: str) -> str:
+    """The configured network prefix of an address: /24 for IPv4, /64 for IPv6 by default."""
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 4:
+        length = getattr(settings, "MONITORING_PREFIX_V4", 24)
+    else:
+        length = getattr(settings, "MONITORING_PREFIX_V6", 64)
+    return str(ipaddress.ip_network(f"{addr}/{length}", strict=False))
+
+
+def bump_version() -> None:
+    """Tell every process that blocks or the allowlist changed (call after any change)."""
+    try:
+        cache.set(VERSION_KEY, time.time_ns(), timeout=None)
+    except Exception:  # the cache being down must not fail a block; the fallback reload covers it
+        log.warning("blocks: could not bump the version stamp in the cache", exc_info=True)
+    _snapshot.invalidate_local()
+
+
+@dataclass
+class _Entry:
+    block_id: int
+    expires_at: datetime
+    reason: str
+
+
+class _Snapshot:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._loaded_at = 0.0
+        self._polled_at = 0.0
+        self._version = None
+        self.ips: dict[str, _Entry] = {}
+        self.prefixes: dict[str, _Entry] = {}
+        self.prefix_lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        self.ip_users: dict[tuple[str, str], _Entry] = {}
+        self.allowed: dict[str, str] = {}
+        self.allowed_lengths: dict[int, set[int]] = {4: set(), 6: set()}
+
+    def invalidate_local(self):
+        self._polled_at = 0.0
+        self._version = object()  # never equal to a real stamp: reload on next check
+
+    def _read_version(self):
+        return cache.get(VERSION_KEY)
+
+    def ensure_fresh(self):
+        now = time.monotonic()
+        if now - self._polled_at < POLL_SECONDS:
+            return
+        with self._lock:
+            if now - self._polled_at < POLL_SECONDS:
+                return
+            self._polled_at = now
+            try:
+                version = self._read_version()
+                stale = version != self._version or now - self._loaded_at > FULL_RELOAD_SECONDS
+            except Exception:
+                log.warning("blocks: cache unreachable, reloading from the database", exc_info=True)
+                version = None
+                stale = now - self._loaded_at > FALLBACK_RELOAD_SECONDS
+            if stale:
+                self._load()
+                self._version = version
+                self._loaded_at = now
+
+    def _load(self):
+        from mailadmin.monitoring.models import AllowedNetwork, Block
+
+        ips, prefixes, ip_users = {}, {}, {}
+        prefix_lengths = {4: set(), 6: set()}
+        for block in Block.objects.active().order_by("expires_at"):
+            entry = _Entry(block.pk, block.expires_at, block.reason)
+            if block.kind == Block.Kind.IP:
+                ips[block.value] = entry
+            elif block.kind == Block.Kind.PREFIX:
+                try:
+                    net = ipaddress.ip_network(block.value, strict=False)
+                except ValueError:
+                    continue
+                prefixes[str(net)] = entry
+                prefix_lengths[net.version].add(net.prefixlen)
+            else:
+                ip_users[(block.value, block.username.lower())] = entry
+        allowed, allowed_lengths = {}, {4: set(), 6: set()}
+        for net_text, note in AllowedNetwork.objects.values_list("cidr", "note"):
+            try:
+                net = ipaddress.ip_network(net_text, strict=False)
+            except ValueError:
+                continue
+            allowed[str(net)] = note or "allowlisted"
+            allowed_lengths[net.version].add(net.prefixlen)
+        self.ips, self.prefixes, self.ip_users = ips, prefixes, ip_users
+        self.prefix_lengths = prefix_lengths
+        self.allowed, self.allowed_lengths = allowed, allowed_lengths
+
+    def allowlist_note(self, addr) -> str | None:
+        for length in self.allowed_lengths[addr.version]:
+            note = self.allowed.get(str(ipaddress.ip_network(f"{addr}/{length}", strict=False)))
+            if note is not None:
+                return note
+        return None
+
+
+_snapshot = _Snapshot()
+
+
+def is_allowlisted(client_ip: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    _snapshot.ensure_fresh()
+    return _snapshot.allowlist_note(addr) is not None
+
+
+def check_source(client_ip: str, username: str | None) -> Decision:
+    """Is this client (and user) blocked right now? Allowlisted networks always win."""
+    try:
+        addr = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return ALLOW
+    _snapshot.ensure_fresh()
+    snap = _snapshot
+    note = snap.allowlist_note(addr)
+    if note is not None:
+        return Decision(blocked=False, allowlisted=True, block_id=None, reason=f"allowlisted: {note}")
+    now = timezone.now()
+    ip = str(addr)
+    candidates = [snap.ips.get(ip)]
+    if username:
+        candidates.append(snap.ip_users.get((ip, username.lower())))
+    for length in snap.prefix_lengths[addr.version]:
+        candidates.append(snap.prefixes.get(str(ipaddress.ip_network(f"{addr}/{length}", strict=False))))
+    for entry in candidates:
+        if entry is not None and entry.expires_at > now:
+            return Decision(blocked=True, allowlisted=False, block_id=entry.block_id, reason=entry.reason)
+    return ALLOW
+
+
+def block_duration(escalation: int) -> timedelta:
+    return min(BASE_BLOCK * (2**escalation), MAX_BLOCK)
+
+
+def create_block(kind, value, *, reason, rule="", username="", alert=None, now=None):
+    """Block a source, escalating repeat offenders (15 min, doubling, at most a week).
+
+    Returns the Block, or None when the source is allowlisted. If an active block
+    already covers the same target it is returned unchanged (no double escalation
+    while one block is running).
+    """
+    from mailadmin.monitoring.models import Block
+
+    now = now or timezone.now()
+    ip_for_allowlist = value.split("/")[0]
+    if is_allowlisted(ip_for_allowlist) or _allowlist_covers_prefix(value):
+        return None
+    with transaction.atomic():
+        same = Block.objects.select_for_update().filter(kind=kind, value=value, username=username or "")
+        active = same.filter(lifted_at__isnull=True, expires_at__gt=now).order_by("-expires_at").first()
+        if active is not None:
+            return active
+        previous = same.filter(expires_at__gte=now - ESCALATION_MEMORY).order_by("-escalation").first()
+        level = previous.escalation + 1 if previous is not None else 0
+        return Block.objects.create(
+            kind=kind,
+            value=value,
+            username=username or "",
+            reason=reason[:255],
+            rule=rule,
+            alert=alert,
+            created=now,
+            expires_at=now + block_duration(level),
+            escalation=level,
+        )
+
+
+def _allowlist_covers_prefix(value: str) -> bool:
+    """A prefix block must not cover any allowlisted network."""
+    if "/" not in value:
+        return False
+    from mailadmin.monitoring.models import AllowedNetwork
+
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    for cidr in AllowedNetwork.objects.values_list("cidr", flat=True):
+        try:
+            allowed = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            continue
+        if allowed.version == net.version and (allowed.overlaps(net)):
+            return True
+    return False
+
+
+def lift_block(block, *, by: str = "", now=None) -> None:
+    block.lifted_at = now or timezone.now()
+    block.lifted_by = by
+    block.save(update_fields=["lifted_at", "lifted_by"])

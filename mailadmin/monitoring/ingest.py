@@ -1,0 +1,359 @@
+"""Ingest of auth-event batches: validate, enrich, insert once, roll up, detect.
+
+Idempotent: the event id is unique and the insert returns only the rows that
+were new, so rollups and detectors see each event exactly once however often
+a batch is redelivered. A bad event is counted and logged (never with its
+credential fields) and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from mailadmin.monitoring import enrich
+from mailadmin.monitoring.blocks import prefix_of
+from mailadmin.monitoring.models import AuthEvent, Result, Rollup, SentCount, domain_of
+
+log = logging.getLogger(__name__)
+
+# Accept clocks up to this far ahead of ours; later timestamps are clamped (live mode only).
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+INSERT_CHUNK = 500
+RESULTS = {r.value for r in Result}
+KNOWN_FIELDS = {
+    "id",
+    "ts",
+    "node",
+    "session_id",
+    "attempt",
+    "client_ip",
+    "listener",
+    "tls",
+    "helo",
+    "mechanism",
+    "username",
+    "credential",
+    "result",
+    "pw_fp",
+    "latency_ms",
+}
+
+
+class InvalidEvent(ValueError):
+    pass
+
+
+@dataclass
+class IngestReport:
+    received: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    invalid_reasons: Counter = field(default_factory=Counter)
+    alerts: int = 0
+
+    def as_dict(self):
+        return {
+            "received": self.received,
+            "inserted": self.inserted,
+            "duplicates": self.duplicates,
+            "invalid": self.invalid,
+            "alerts": self.alerts,
+        }
+
+
+def parse_ts(value) -> dt.datetime:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidEvent("ts is not ISO 8601") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)  # the contract's timestamps are UTC
+        return parsed.astimezone(dt.UTC)
+    raise InvalidEvent("ts missing or not a timestamp")
+
+
+def _text(raw, name, limit, *, lower=False) -> str:
+    value = raw.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str | int):
+        raise InvalidEvent(f"{name} is not a string")
+    value = str(value).strip()
+    return (value.lower() if lower else value)[:limit]
+
+
+def _int(raw, name, *, minimum=0, maximum=None, default=None):
+    value = raw.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise InvalidEvent(f"{name} is not an integer")
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise InvalidEvent(f"{name} is not an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise InvalidEvent(f"{name} out of range")
+    return value
+
+
+def validate(raw, *, now: dt.datetime | None = None) -> dict:
+    """One contract event → the clean fields of an AuthEvent row (raises InvalidEvent)."""
+    if not isinstance(raw, dict):
+        raise InvalidEvent("event is not an object")
+    try:
+        event_id = uuid.UUID(str(raw.get("id")))
+    except (TypeError, ValueError):
+        raise InvalidEvent("id is not a UUID") from None
+    ts = parse_ts(raw.get("ts"))
+    if now is not None and ts > now + MAX_CLOCK_SKEW:
+        log.warning("auth event %s: ts %s is ahead of our clock; using the time received", event_id, ts.isoformat())
+        ts = now
+    try:
+        ip = str(ipaddress.ip_address(str(raw.get("client_ip", "")).strip()))
+    except ValueError:
+        raise InvalidEvent("client_ip is not an IP address") from None
+    if ip.startswith("::ffff:"):
+        ip = str(ipaddress.ip_address(ip).ipv4_mapped)
+    result = raw.get("result")
+    if result not in RESULTS:
+        raise InvalidEvent("result is not one of the contract's values")
+    tls = raw.get("tls")
+    if isinstance(tls, dict):
+        tls = " ".join(str(v) for v in tls.values() if v)
+    username = _text(raw, "username", 320, lower=True)
+    return {
+        "event_id": event_id,
+        "ts": ts,
+        "node": _text(raw, "node", 100),
+        "session_id": _text(raw, "session_id", 64),
+        "attempt": _int(raw, "attempt", minimum=0, default=1),
+        "client_ip": ip,
+        "prefix": prefix_of(ip),
+        "listener": _int(raw, "listener", minimum=0, maximum=65535),
+        "tls": str(tls or "")[:100],
+        "helo": _text(raw, "helo", 255),
+        "mechanism": _text(raw, "mechanism", 20).upper(),
+        "username": username,
+        "domain_name": domain_of(username),
+        "credential": _text(raw, "credential", 64),
+        "result": result,
+        "pw_fp": _int(raw, "pw_fp", minimum=0, maximum=0xFFFF),
+        "latency_ms": _int(raw, "latency_ms", minimum=0, maximum=2**31 - 1),
+    }
+
+
+def _enrich(row: dict, cache: dict) -> None:
+    ip = row["client_ip"]
+    place = cache.get(ip)
+    if place is None:
+        place = cache[ip] = enrich.lookup(ip)
+    row.update(
+        country=place.country,
+        city=place.city[:100],
+        latitude=place.latitude,
+        longitude=place.longitude,
+        asn=place.asn,
+        as_name=place.as_name[:200],
+        network_name=place.network_name[:200],
+        network_kind=place.network_kind,
+    )
+    row["asn_key"] = place.asn_key
+
+
+_COLUMNS = None
+
+
+def _columns():
+    global _COLUMNS
+    if _COLUMNS is None:
+        _COLUMNS = [f for f in AuthEvent._meta.concrete_fields if not f.primary_key]
+    return _COLUMNS
+
+
+def insert_new(rows: list[dict]) -> set[uuid.UUID]:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING: the ids that were not there before."""
+    fields = _columns()
+    table = connection.ops.quote_name(AuthEvent._meta.db_table)
+    cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    new_ids = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start : start + INSERT_CHUNK]
+            params = []
+            for row in chunk:
+                for f in fields:
+                    params.append(f.get_db_prep_save(row.get(f.attname, f.get_default()), connection))
+            # Identifiers come from model metadata; every value is a parameter.
+            values = ", ".join([one] * len(chunk))
+            sql = f"INSERT INTO {table} ({cols}) VALUES {values} ON CONFLICT (event_id) DO NOTHING RETURNING event_id"  # noqa: S608
+            cursor.execute(sql, params)
+            for (value,) in cursor.fetchall():
+                new_ids.add(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+    return new_ids
+
+
+def rollup_counts(rows: list[dict]) -> Counter:
+    counts = Counter()
+    for row in rows:
+        minute = row["ts"].replace(second=0, microsecond=0)
+        result = row["result"]
+        counts[("all", "", minute, result, "")] += 1
+        counts[("ip", row["client_ip"], minute, result, "")] += 1
+        counts[("prefix", row["prefix"], minute, result, "")] += 1
+        if row["username"]:
+            counts[("username", row["username"], minute, result, row["domain_name"])] += 1
+        if row["country"]:
+            counts[("country", row["country"], minute, result, "")] += 1
+        if row["asn_key"]:
+            counts[("asn", row["asn_key"][:320], minute, result, "")] += 1
+        if row["mechanism"]:
+            counts[("mechanism", row["mechanism"], minute, result, "")] += 1
+    return counts
+
+
+def upsert_rollups(counts: Counter) -> None:
+    if not counts:
+        return
+    table = connection.ops.quote_name(Rollup._meta.db_table)
+    minute_field = Rollup._meta.get_field("minute")
+    # Sorted so concurrent workers lock rows in the same order (no deadlocks).
+    items = sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3]))
+    with connection.cursor() as cursor:
+        for start in range(0, len(items), 1000):
+            chunk = items[start : start + 1000]
+            params = []
+            for (dimension, key, minute, result, domain_name), count in chunk:
+                params += [
+                    minute_field.get_db_prep_save(minute, connection),
+                    dimension,
+                    key,
+                    result,
+                    count,
+                    domain_name,
+                ]
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
+            # Identifiers come from model metadata; every value is a parameter.
+            insert = f"INSERT INTO {table} (minute, dimension, key, result, count, domain_name) VALUES {values}"  # noqa: S608
+            sql = (
+                insert
+                + f" ON CONFLICT (dimension, key, minute, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
+            )
+            cursor.execute(sql, params)
+
+
+def ingest_events(events, *, replay: bool = False, detect: bool = True) -> IngestReport:
+    """The one entry point for auth events (Celery task, import command, tests)."""
+    report = IngestReport(received=len(events) if hasattr(events, "__len__") else 0)
+    now = timezone.now()
+    rows, seen = [], set()
+    place_cache: dict = {}
+    for index, raw in enumerate(events):
+        try:
+            row = validate(raw, now=None if replay else now)
+        except InvalidEvent as exc:
+            report.invalid += 1
+            report.invalid_reasons[str(exc)] += 1
+            # Only the id and the reason: the event may carry things that must not be logged.
+            event_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else "?"
+            log.warning("auth event #%d (id %s) rejected: %s", index, str(event_id)[:40], exc)
+            continue
+        if row["event_id"] in seen:
+            report.duplicates += 1
+            continue
+        seen.add(row["event_id"])
+        row["received"] = now
+        _enrich(row, place_cache)
+        rows.append(row)
+    if not rows:
+        return report
+    rows.sort(key=lambda r: r["ts"])
+    from mailadmin.monitoring import detectors
+
+    with transaction.atomic():
+        detectors.classify(rows)
+        new_ids = insert_new(rows)
+        new_rows = [r for r in rows if r["event_id"] in new_ids]
+        report.inserted = len(new_rows)
+        report.duplicates += len(rows) - len(new_rows)
+        upsert_rollups(rollup_counts(new_rows))
+        if new_rows:
+            detectors.learn(new_rows)
+            update_account_last_use(new_rows)
+    if new_rows and detect:
+        report.alerts = detectors.run_for_batch(new_rows)
+    if report.invalid:
+        log.warning("auth event batch: %s", report.as_dict())
+    return report
+
+
+def update_account_last_use(rows: list[dict]) -> None:
+    """Last login on mailboxes and last use on app passwords (accounts app models, when present)."""
+    from django.apps import apps
+
+    latest = {}
+    for row in rows:
+        if row["result"] == Result.SUCCESS and row["username"]:
+            latest[row["username"]] = row
+    if not latest:
+        return
+    try:
+        Mailbox = apps.get_model("accounts", "Mailbox")
+    except LookupError:
+        return
+    updater = getattr(Mailbox.objects, "record_login", None)
+    if updater is None:
+        return
+    for row in latest.values():
+        try:
+            with transaction.atomic():
+                updater(
+                    username=row["username"],
+                    ts=row["ts"],
+                    ip=row["client_ip"],
+                    mechanism=row["mechanism"],
+                    credential=row["credential"],
+                )
+        except Exception:
+            log.exception("could not record the last login of a mailbox")
+
+
+def record_sent(items) -> int:
+    """Hourly per-mailbox sent counts: [{"username", "ts", "count"}]."""
+    from django.db.models import F
+
+    stored = 0
+    for item in items or []:
+        try:
+            username = str(item["username"]).strip().lower()[:320]
+            hour = parse_ts(item["ts"]).replace(minute=0, second=0, microsecond=0)
+            count = int(item.get("count", 1))
+            if not username or count < 0:
+                raise InvalidEvent("username or count")
+        except (KeyError, TypeError, ValueError, InvalidEvent) as exc:
+            log.warning("sent-count item rejected: %s", exc)
+            continue
+        with transaction.atomic():
+            obj, created = SentCount.objects.select_for_update().get_or_create(
+                username=username, hour=hour, defaults={"count": count, "domain_name": domain_of(username)}
+            )
+            if not created:
+                SentCount.objects.filter(pk=obj.pk).update(count=F("count") + count)
+        stored += 1
+    return stored

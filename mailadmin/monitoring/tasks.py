@@ -1,0 +1,40 @@
+"""Celery tasks of the monitoring app (explicit names; routed by CELERY_TASK_ROUTES)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import DatabaseError, InterfaceError
+
+log = logging.getLogger(__name__)
+
+
+# Safe to repeat (idempotent insert), so acks_late: a worker killed mid-batch loses nothing.
+@shared_task(
+    name="monitoring.ingest_auth_events",
+    acks_late=True,
+    autoretry_for=(DatabaseError, InterfaceError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=None,
+)
+def ingest_auth_events(events):
+    from mailadmin.monitoring.ingest import ingest_events
+
+    if not isinstance(events, list):
+        log.warning("monitoring.ingest_auth_events: expected a list of events, got %s", type(events).__name__)
+        return {"received": 0, "inserted": 0, "duplicates": 0, "invalid": 1, "alerts": 0}
+    return ingest_events(events).as_dict()
+
+
+@shared_task(
+    name="monitoring.record_messages_sent",
+    autoretry_for=(DatabaseError, InterfaceError),
+    retry_backoff=2,
+    max_retries=10,
+)
+def record_messages_sent(items):
+    from mailadmin.monitoring.ingest import record_sent
+
+    return record_sent(items if isinstance(items, list) else [])

@@ -1,0 +1,144 @@
+"""The synchronous work a session hands to the thread pool: blocks, credential
+verification, sender rules, delivery. Each job starts by dropping database
+connections that broke or aged out, so a database outage heals without a restart.
+
+Nothing here hashes a password: verification belongs to mailadmin.accounts.verify.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from django.db import close_old_connections
+
+log = logging.getLogger("smtpd.backend")
+
+
+@dataclass
+class Outcome:
+    """What the session needs to answer an AUTH: a verifier reason plus identity."""
+
+    reason: str  # a mailadmin.accounts.verify.Reason value, or "blocked"
+    username: str | None = None
+    mailbox_id: int | None = None
+    credential: str = "none"
+    block_id: int | None = None
+
+
+BLOCKED = "blocked"
+TEMP_FAILURE = "temp_failure"
+
+
+def _job(fn):
+    def wrapper(*args, **kwargs):
+        close_old_connections()
+        return fn(*args, **kwargs)
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def _blocked(client_ip: str, username: str | None) -> Outcome | None:
+    from mailadmin.monitoring.blocks import check_source
+
+    decision = check_source(client_ip, username)
+    if decision.blocked and not decision.allowlisted:
+        return Outcome(BLOCKED, username=username, block_id=decision.block_id)
+    return None
+
+
+@_job
+def is_allowlisted(client_ip: str) -> bool:
+    from mailadmin.monitoring.blocks import check_source
+
+    return bool(check_source(client_ip, None).allowlisted)
+
+
+@_job
+def verify_password(client_ip: str, username: str, secret: str, mechanism: str) -> Outcome:
+    from mailadmin.accounts.verify import normalise_username, verify_password
+
+    username = normalise_username(username)
+    blocked = _blocked(client_ip, username)
+    if blocked:
+        return blocked
+    result = verify_password(username, secret, client_ip=client_ip, mechanism=mechanism)
+    return Outcome(str(result.reason), result.username or username, result.mailbox_id, result.credential or "none")
+
+
+@_job
+def scram_lookup(client_ip: str, username: str):
+    """(Outcome, ScramLookup | None): the lookup carries salt and keys (fake ones for unknown users)."""
+    from mailadmin.accounts.verify import normalise_username, scram_lookup
+
+    username = normalise_username(username)
+    blocked = _blocked(client_ip, username)
+    if blocked:
+        return blocked, None
+    lookup = scram_lookup(username, client_ip=client_ip)
+    return Outcome(str(lookup.reason), lookup.username or username, lookup.mailbox_id, "password"), lookup
+
+
+@_job
+def check_bearer(client_ip: str, username: str, token: str, mechanism: str) -> Outcome:
+    """XOAUTH2 / OAUTHBEARER: blocks first, then mailadmin.oauth's token check.
+    The credential names the token by id; the token itself goes nowhere."""
+    from mailadmin.accounts.verify import normalise_username, record_login
+    from mailadmin.oauth.tokens import check_bearer
+
+    username = normalise_username(username) if username else ""
+    blocked = _blocked(client_ip, username or None)
+    if blocked:
+        return blocked
+    check = check_bearer(token, username)
+    if check.ok:
+        record_login(check.mailbox_id, client_ip=client_ip, mechanism=mechanism)
+    credential = f"oauth_token:{check.token_id}" if check.token_id else "none"
+    return Outcome(check.reason, check.username or username or None, check.mailbox_id, credential)
+
+
+@_job
+def record_login(mailbox_id: int, client_ip: str, mechanism: str) -> None:
+    from mailadmin.accounts.verify import record_login
+
+    record_login(mailbox_id, client_ip=client_ip, mechanism=mechanism)
+
+
+@_job
+def cram_verify(client_ip: str, username: str, challenge: bytes, digest_hex: str) -> Outcome:
+    from mailadmin.accounts.verify import Reason, cram_lookup, normalise_username
+
+    username = normalise_username(username)
+    blocked = _blocked(client_ip, username)
+    if blocked:
+        return blocked
+    lookup = cram_lookup(username, client_ip=client_ip)
+    reason = str(lookup.reason)
+    if reason == Reason.SUCCESS and not lookup.check(challenge, digest_hex):
+        reason = str(Reason.BAD_CREDENTIALS)
+    return Outcome(reason, lookup.username or username, lookup.mailbox_id, "password")
+
+
+@_job
+def cram_md5_enabled() -> bool:
+    from mailadmin.accounts.verify import cram_md5_enabled_anywhere
+
+    return bool(cram_md5_enabled_anywhere())
+
+
+@_job
+def sender_check(mailbox_id: int, address: str) -> tuple[bool, bool]:
+    """(sender allowed, over the hourly send limit)."""
+    from mailadmin.accounts.sending import hourly_send_limit, sender_allowed
+    from smtpd.limits import messages_sent_this_hour
+
+    if not sender_allowed(mailbox_id, address):
+        return False, False
+    return True, messages_sent_this_hour(mailbox_id) >= hourly_send_limit(mailbox_id)
+
+
+@_job
+def deliver(relay, mailbox_id: int, mail_from: str, rcpt_tos: list[str], message: bytes) -> None:
+    from smtpd.limits import count_message_sent
+
+    relay.deliver(mail_from, rcpt_tos, message)
+    count_message_sent(mailbox_id)

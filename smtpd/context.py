@@ -1,0 +1,121 @@
+"""Process-wide state shared by the sessions of one smtpd worker."""
+
+import ipaddress
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+from django.conf import settings
+
+from smtpd import backend
+from smtpd.limits import RateWindow
+
+log = logging.getLogger("smtpd")
+
+PASSWORD_MECHANISMS = ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
+OAUTH_MECHANISMS = ["XOAUTH2", "OAUTHBEARER"]  # when settings.OAUTH_ENABLED
+
+
+@dataclass
+class Config:
+    listen: list[str]
+    tls_listen: list[str]
+    tls_cert: str
+    tls_key: str
+    hostname: str
+    node: str
+    proxy_networks: list[str]
+    auth_fail_delay: float
+    max_auth_failures: int
+    auth_rate_per_ip: int
+    max_message_size: int
+    max_recipients: int
+    session_timeout: int
+    drain_timeout: int
+    threads: int
+    metrics_listen: str
+    spool_dir: str
+    maildir: str
+    relay_url: str
+    worker_index: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, **overrides) -> "Config":
+        values = {
+            "listen": settings.SMTPD_LISTEN,
+            "tls_listen": settings.SMTPD_TLS_LISTEN,
+            "tls_cert": settings.SMTPD_TLS_CERT,
+            "tls_key": settings.SMTPD_TLS_KEY,
+            "hostname": settings.SMTPD_HOSTNAME or socket.getfqdn(),
+            "node": settings.SMTPD_NODE_NAME or socket.gethostname(),
+            "proxy_networks": settings.SMTPD_PROXY_NETWORKS,
+            "auth_fail_delay": settings.SMTPD_AUTH_FAIL_DELAY,
+            "max_auth_failures": settings.SMTPD_MAX_AUTH_FAILURES,
+            "auth_rate_per_ip": settings.SMTPD_AUTH_RATE_PER_IP,
+            "max_message_size": settings.SMTPD_MAX_MESSAGE_SIZE,
+            "max_recipients": settings.SMTPD_MAX_RECIPIENTS,
+            "session_timeout": settings.SMTPD_SESSION_TIMEOUT,
+            "drain_timeout": settings.SMTPD_DRAIN_TIMEOUT,
+            "threads": settings.SMTPD_THREADS,
+            "metrics_listen": settings.SMTPD_METRICS_LISTEN,
+            "spool_dir": settings.SMTPD_SPOOL_DIR,
+            "maildir": settings.SMTPD_MAILDIR,
+            "relay_url": settings.RELAY_URL,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class Listener:
+    kind: str  # "starttls" or "tls"
+    host: str
+    port: int
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.kind == "tls"
+
+
+class ServerContext:
+    CRAM_CHECK_INTERVAL = 1.0  # seconds between "is CRAM-MD5 enabled anywhere?" queries
+
+    def __init__(self, config: Config, loop, tls_context, publisher, relay):
+        self.config = config
+        self.loop = loop
+        self.hostname = config.hostname
+        self.node = config.node
+        self.tls_context = tls_context
+        self.publisher = publisher
+        self.relay = relay
+        self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="smtpd-verify")
+        self.auth_rate = RateWindow(config.auth_rate_per_ip, 60.0)
+        self.proxy_networks = [ipaddress.ip_network(n, strict=False) for n in config.proxy_networks]
+        self.sessions: set = set()
+        self.draining = False
+        self._cram = (False, 0.0)
+
+    async def run(self, fn, *args):
+        return await self.loop.run_in_executor(self.executor, partial(fn, *args))
+
+    async def mechanisms(self) -> list[str]:
+        enabled, checked = self._cram
+        if time.monotonic() - checked > self.CRAM_CHECK_INTERVAL:
+            try:
+                enabled = await self.run(backend.cram_md5_enabled)
+            except Exception as exc:  # database down: keep the last answer
+                log.warning("cannot tell whether CRAM-MD5 is enabled: %s", type(exc).__name__)
+            self._cram = (enabled, time.monotonic())
+        oauth = OAUTH_MECHANISMS if settings.OAUTH_ENABLED else []
+        return PASSWORD_MECHANISMS + (["CRAM-MD5"] if enabled else []) + oauth
+
+    def is_proxy(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.proxy_networks)
