@@ -14,6 +14,7 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("", include("mailadmin.accounts.urls")),
     path("", include("mailadmin.staff.urls")),
+    path("monitoring/", include("mailadmin.monitoring.urls")),
     path("django-admin/", admin.site.urls),
     path("oauth/", include("mailadmin.oauth.urls")),
     path(".well-known/oauth-authorization-server", oauth_views.authorization_server_metadata),

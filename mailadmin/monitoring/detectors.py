@@ -1,14 +1,926 @@
-"""Detectors (filled in below the interface)."""
+"""Detectors: classify failures, learn users' normal, find attacks, raise alerts, block.
+
+All times are the events' own times (T = the newest event of a batch), never
+now(), so replaying a two-week trace gives the alerts it would have given live.
+
+The pipeline per ingested batch (see ingest.ingest_events):
+1. classify(rows) — before insert: which failures are *suspect*. A failure from
+   a network where the user has logged in before (their /24 or /64, or an office
+   or trusted named network), or an old password retried from the user's usual
+   AS, is a stale client or a typo, not an attack: detectors never count it.
+2. learn(rows) — successes, in time order, against the user's baseline as it was
+   before each one: new country/AS, impossible travel, dormant account; then the
+   baseline learns the place.
+3. run_for_batch(rows) — windowed counts of suspect failures per IP, prefix,
+   AS, user (one grouped query each), thresholds from DetectorSetting, alerts
+   deduplicated per (rule, entity), blocks with escalation, success after attack.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections import Counter, defaultdict
+
+from django.db import IntegrityError, transaction
+from django.db.models import CharField, Count, Min, Q, Sum, Value
+from django.db.models.functions import Cast, Concat
+
+from mailadmin.monitoring import geo
+from mailadmin.monitoring.blocks import create_block, is_allowlisted
+from mailadmin.monitoring.models import (
+    FAILURE_RESULTS,
+    SEVERITY_RANK,
+    Alert,
+    AuthEvent,
+    Block,
+    DetectorSetting,
+    NetworkKind,
+    Result,
+    Rollup,
+    UserBaseline,
+    domain_of,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "ip_bruteforce": {"severity": "high", "failures": 10, "window_minutes": 10, "min_distinct_credentials": 4},
+    "account_bruteforce": {"severity": "high", "distinct_fingerprints": 10, "window_minutes": 60},
+    "spray": {"severity": "high", "users": 5, "max_tries_per_user": 2, "window_minutes": 60},
+    "stuffing": {"severity": "high", "users": 10, "unknown_ratio": 0.5, "window_minutes": 60},
+    "slow_distributed": {"severity": "high", "ips": 5, "distinct_fingerprints": 10, "window_minutes": 1440},
+    "low_and_slow": {"severity": "medium", "failures": 20, "window_minutes": 1440, "min_distinct_credentials": 4},
+    "success_after_attack": {"severity": "critical", "window_minutes": 60},
+    "new_country": {"severity": "medium", "learning_days": 5, "min_successes": 10, "window_minutes": 1440},
+    "new_asn": {"severity": "low", "learning_days": 5, "min_successes": 10, "window_minutes": 1440},
+    "impossible_travel": {"severity": "high", "speed_kmh": 1000, "min_distance_km": 500, "window_minutes": 1440},
+    "cleartext": {"severity": "low", "window_minutes": 1440},
+    "surge": {"severity": "high", "factor": 5, "min_failures": 100, "window_minutes": 10, "baseline_days": 7},
+    "dormant": {"severity": "medium", "days": 90, "window_minutes": 1440},
+    "stale_client": {"severity": "low", "window_minutes": 1440},
+}
+
+RULE_TITLES = {
+    "ip_bruteforce": "IP brute force",
+    "account_bruteforce": "Account brute force",
+    "spray": "Password spraying",
+    "stuffing": "Credential stuffing",
+    "slow_distributed": "Slow distributed attack on an account",
+    "low_and_slow": "Low-and-slow attack source",
+    "success_after_attack": "Successful login after an attack",
+    "new_country": "Login from a new country",
+    "new_asn": "Login from a new network (AS)",
+    "impossible_travel": "Impossible travel",
+    "cleartext": "Cleartext AUTH attempts",
+    "surge": "Server-wide surge of failed logins",
+    "dormant": "Dormant account used",
+    "stale_client": "Stale client retrying an old password",
+}
+
+# Rules whose alert marks its entity as "under attack" for success_after_attack.
+ATTACK_RULES = ("ip_bruteforce", "account_bruteforce", "spray", "stuffing", "slow_distributed", "low_and_slow")
+# Named-network kinds that never count as an attack source and are never blocked.
+TRUSTED_KINDS = (NetworkKind.OFFICE, NetworkKind.TRUSTED)
+# Kinds whose location says nothing about where the person is.
+UNLOCATED_KINDS = (NetworkKind.VPN, NetworkKind.HOSTING, NetworkKind.MOBILE)
+MAX_EVIDENCE = 50
+SAMPLES_PER_UPDATE = 10
+BASELINE_PREFIXES = 100
+BASELINE_FPS = 5
+# A source where this many different users logged in during the last week is shared by
+# real people (NAT, carrier, relay): alert, but never block it.
+SHARED_SOURCE_USERS = 3
+STALE_MEMORY = dt.timedelta(days=7)
+
+_settings_cache: dict = {"at": 0.0, "value": None}
 
 
-def classify(rows):
+def rule_settings() -> dict:
+    """{rule: params} with the dashboard's overrides; rules switched off are absent."""
+    now = time.monotonic()
+    if _settings_cache["value"] is not None and now - _settings_cache["at"] < 10:
+        return _settings_cache["value"]
+    merged = {rule: dict(params) for rule, params in DEFAULTS.items()}
+    for setting in DetectorSetting.objects.all():
+        if setting.rule not in merged:
+            continue
+        if not setting.enabled:
+            merged.pop(setting.rule)
+            continue
+        merged[setting.rule].update({k: v for k, v in (setting.params or {}).items() if k in DEFAULTS[setting.rule]})
+    _settings_cache.update(at=now, value=merged)
+    return merged
+
+
+def settings_changed():
+    _settings_cache["value"] = None
+
+
+def _minutes(params) -> dt.timedelta:
+    return dt.timedelta(minutes=float(params["window_minutes"]))
+
+
+def _is_failure(row) -> bool:
+    return row["result"] in FAILURE_RESULTS
+
+
+# ---------------------------------------------------------------- 1. classify
+
+
+def classify(rows: list[dict]) -> None:
+    """Set row["suspect"] and row["stale"] on each row (rows are sorted by ts)."""
+    failing_users = {r["username"] for r in rows if _is_failure(r) and r["username"]}
+    baselines = {b.username: b for b in UserBaseline.objects.filter(username__in=failing_users)}
+    earliest = rows[0]["ts"] if rows else None
+    recent_pairs = set()
+    if baselines:
+        recent_pairs = set(
+            AuthEvent.objects.filter(
+                username__in=list(baselines),
+                ts__gte=earliest - STALE_MEMORY,
+                result__in=FAILURE_RESULTS,
+                pw_fp__isnull=False,
+            )
+            .values_list("username", "pw_fp")
+            .distinct()
+        )
+    allow_cache = {}
     for row in rows:
         row["suspect"] = False
+        row["stale"] = False
+        if not _is_failure(row):
+            continue
+        ip = row["client_ip"]
+        if ip not in allow_cache:
+            allow_cache[ip] = is_allowlisted(ip)
+        if allow_cache[ip] or row["network_kind"] in TRUSTED_KINDS:
+            row["stale"] = row["pw_fp"] is not None and (row["username"], row["pw_fp"]) in recent_pairs
+            recent_pairs.add((row["username"], row["pw_fp"]))
+            continue
+        base = baselines.get(row["username"])
+        pair = (row["username"], row["pw_fp"])
+        retried = row["pw_fp"] is not None and (
+            pair in recent_pairs or (base is not None and row["pw_fp"] in (base.success_fps or []))
+        )
+        if base is not None and row["prefix"] in (base.prefixes or []):
+            row["stale"] = retried  # the user's own network: a typo or a stale client
+        elif base is not None and retried and (row["asn_key"] in (base.asns or []) or row["pw_fp"] in base.success_fps):
+            row["stale"] = True  # an old password retried from the user's usual AS
+        else:
+            row["suspect"] = True
+        if row["pw_fp"] is not None:
+            recent_pairs.add(pair)
 
 
-def learn(rows):
-    pass
+# ---------------------------------------------------------------- 2. learn
 
 
-def run_for_batch(rows):
-    return 0
+def _place_counts(row) -> bool:
+    return row["network_kind"] not in UNLOCATED_KINDS
+
+
+def learn(rows: list[dict]) -> None:
+    """Check successes against each user's baseline, then update it. Findings go in row["findings"]."""
+    successes = [r for r in rows if r["result"] == Result.SUCCESS and r["username"]]
+    if not successes:
+        return
+    params = rule_settings()
+    users = sorted({r["username"] for r in successes})
+    baselines = {
+        b.username: b for b in UserBaseline.objects.select_for_update().filter(username__in=users).order_by("username")
+    }
+    created, changed = {}, set()
+    allow_cache = {}
+    for row in successes:
+        user = row["username"]
+        base = baselines.get(user)
+        if base is None:
+            base = baselines[user] = created[user] = UserBaseline(username=user, domain_name=domain_of(user))
+        ip = row["client_ip"]
+        if ip not in allow_cache:
+            allow_cache[ip] = is_allowlisted(ip)
+        row["findings"] = _success_findings(row, base, params, allow_cache[ip])
+        row["known_source"] = row["prefix"] in (base.prefixes or []) or row["network_kind"] in TRUSTED_KINDS
+        row["known_asn"] = bool(row["asn_key"]) and row["asn_key"] in (base.asns or [])
+        _learn_success(base, row)
+        changed.add(user)
+    if created:
+        UserBaseline.objects.bulk_create(list(created.values()), ignore_conflicts=True)
+    to_update = [baselines[u] for u in changed if u not in created]
+    if to_update:
+        UserBaseline.objects.bulk_update(
+            to_update,
+            [
+                "first_success",
+                "last_success",
+                "success_count",
+                "countries",
+                "asns",
+                "prefixes",
+                "last_lat",
+                "last_lon",
+                "last_place_at",
+                "last_place_ip",
+                "success_fps",
+            ],
+        )
+
+
+def _success_findings(row, base, params, allowlisted) -> list[tuple]:
+    """(rule, detail) pairs for one success judged against the baseline before it."""
+    findings = []
+    ts = row["ts"]
+    if allowlisted or row["network_kind"] in TRUSTED_KINDS:
+        return findings
+    locatable = _place_counts(row)
+    for rule, attr, value in (
+        ("new_country", "countries", row["country"]),
+        ("new_asn", "asns", row["asn_key"]),
+    ):
+        p = params.get(rule)
+        if not p or not value or not locatable:
+            continue
+        learned = (
+            base.first_success is not None
+            and base.first_success <= ts - dt.timedelta(days=float(p["learning_days"]))
+            and base.success_count >= int(p["min_successes"])
+        )
+        if learned and value not in (getattr(base, attr) or []):
+            findings.append((rule, {"value": value}))
+    p = params.get("impossible_travel")
+    here = geo.locate(row["latitude"], row["longitude"], row["country"]) if locatable else None
+    if p and here and base.last_place_at is not None and base.last_lat is not None:
+        there = (base.last_lat, base.last_lon, 50.0 if base.last_place_ip.startswith("@") else _radius(base))
+        distance = geo.min_distance_km(here, there)
+        hours = max((ts - base.last_place_at).total_seconds() / 3600, 1 / 60)
+        if distance >= float(p["min_distance_km"]) and distance / hours >= float(p["speed_kmh"]):
+            findings.append(
+                (
+                    "impossible_travel",
+                    {
+                        "from_ip": base.last_place_ip.lstrip("@"),
+                        "distance_km": round(distance),
+                        "hours": round(hours, 2),
+                        "speed_kmh": round(distance / hours),
+                    },
+                )
+            )
+    p = params.get("dormant")
+    if p and base.last_success is not None and base.last_success <= ts - dt.timedelta(days=float(p["days"])):
+        findings.append(("dormant", {"idle_days": (ts - base.last_success).days}))
+    return findings
+
+
+def _radius(base) -> float:
+    # last_place_ip is "@ip" when the place came from exact coordinates, plain ip for a country centre.
+    centre = geo.COUNTRY_CENTRES.get(base.countries[-1]) if base.countries else None
+    return centre[2] if centre else 50.0
+
+
+def _learn_success(base, row) -> None:
+    ts = row["ts"]
+    base.first_success = min(base.first_success, ts) if base.first_success else ts
+    base.last_success = max(base.last_success, ts) if base.last_success else ts
+    base.success_count = (base.success_count or 0) + 1
+    prefixes = [p for p in (base.prefixes or []) if p != row["prefix"]] + [row["prefix"]]
+    base.prefixes = prefixes[-BASELINE_PREFIXES:]
+    if row["pw_fp"] is not None:
+        fps = [f for f in (base.success_fps or []) if f != row["pw_fp"]] + [row["pw_fp"]]
+        base.success_fps = fps[-BASELINE_FPS:]
+    if _place_counts(row):
+        if row["country"] and row["country"] not in (base.countries or []):
+            base.countries = [*(base.countries or []), row["country"]]
+        if row["asn_key"] and row["asn_key"] not in (base.asns or []):
+            base.asns = [*(base.asns or []), row["asn_key"]][-50:]
+        here = geo.locate(row["latitude"], row["longitude"], row["country"])
+        if here:
+            exact = row["latitude"] is not None
+            base.last_lat, base.last_lon = here[0], here[1]
+            base.last_place_at = ts
+            base.last_place_ip = ("@" if exact else "") + row["client_ip"]
+            if not exact and row["country"] in (base.countries or []):
+                # keep the radius lookup (by last country) pointing at this country
+                base.countries = [c for c in base.countries if c != row["country"]] + [row["country"]]
+
+
+# ---------------------------------------------------------------- 3. detect
+
+
+def _sample(row) -> dict:
+    """One evidence line: never a credential or fingerprint."""
+    return {
+        "ts": row["ts"].isoformat(),
+        "ip": row["client_ip"],
+        "country": row.get("country", ""),
+        "asn": row.get("asn_key", "") or row.get("as_name", ""),
+        "username": row.get("username", ""),
+        "mechanism": row.get("mechanism", ""),
+        "tls": row.get("tls", ""),
+        "helo": row.get("helo", ""),
+        "result": row["result"],
+    }
+
+
+class Detection:
+    """Collects what one batch found; alerts are written at the end."""
+
+    def __init__(self, rows, *, notify):
+        self.rows = rows
+        self.notify = notify
+        self.T = rows[-1]["ts"]
+        self.params = rule_settings()
+        self.raised = 0
+
+    def alert(self, rule, entity_key, entity, *, count, first_seen, verdict, samples, domain_name="", severity=None):
+        p = self.params[rule]
+        severity = severity or p["severity"]
+        window = int(float(p.get("window_minutes", 60)) * 60)
+        alert, fresh = raise_alert(
+            rule,
+            entity_key,
+            entity,
+            severity=severity,
+            ts=self.T,
+            first_seen=first_seen,
+            count=count,
+            window_seconds=window,
+            verdict=verdict,
+            samples=samples,
+            domain_name=domain_name,
+            notify=self.notify,
+        )
+        if fresh:
+            self.raised += 1
+        return alert
+
+
+def _cred_expr():
+    return Concat("username", Value(":"), Cast("pw_fp", CharField()), output_field=CharField())
+
+
+def _window_q(T, minutes) -> Q:
+    return Q(ts__gt=T - dt.timedelta(minutes=float(minutes)))
+
+
+def run_for_batch(rows: list[dict], *, notify: bool = True) -> int:
+    """Evaluate every rule touched by this batch at the batch's own time. Returns alerts raised."""
+    if not rows:
+        return 0
+    det = Detection(rows, notify=notify)
+    auto_resolve(det.T)  # first, so a new wave after a quiet spell opens a new alert
+    suspect = [r for r in rows if r.get("suspect")]
+    if suspect:
+        _source_rules(det, suspect, "client_ip", "ip")
+        _source_rules(det, suspect, "prefix", "prefix")
+        _asn_stuffing(det, suspect)
+        _account_rules(det, suspect)
+    _cleartext(det, rows)
+    _stale(det, rows)
+    _success_rules(det, rows)
+    if any(_is_failure(r) for r in rows):
+        surge_check(det.T, notify=notify)
+    return det.raised
+
+
+def _source_rules(det: Detection, suspect, column, kind):
+    """IP brute force, spray, stuffing, low-and-slow for each IP (or prefix) in the batch."""
+    params = det.params
+    T = det.T
+    keys = sorted({r[column] for r in suspect})
+    by_key = defaultdict(list)
+    for r in suspect:
+        by_key[r[column]].append(r)
+    windows = {}
+    for rule in ("ip_bruteforce", "spray", "stuffing", "low_and_slow"):
+        if rule in params and not (kind == "prefix" and rule in ("ip_bruteforce", "stuffing")):
+            windows[rule] = float(params[rule]["window_minutes"])
+    if not windows:
+        return
+    longest = max(windows.values())
+    ann = {}
+    for rule, minutes in windows.items():
+        w = _window_q(T, minutes)
+        ann[f"{rule}__n"] = Count("id", filter=w)
+        ann[f"{rule}__creds"] = Count(_cred_expr(), distinct=True, filter=w)
+        ann[f"{rule}__users"] = Count("username", distinct=True, filter=w)
+        ann[f"{rule}__unknown"] = Count("username", distinct=True, filter=w & Q(result=Result.UNKNOWN_USER))
+        ann[f"{rule}__first"] = Min("ts", filter=w)
+    stats = (
+        AuthEvent.objects.filter(
+            suspect=True, ts__gt=T - dt.timedelta(minutes=longest), ts__lte=T, **{f"{column}__in": keys}
+        )
+        .values(column)
+        .annotate(**ann)
+    )
+    for st in stats:
+        key = st[column]
+        batch_rows = by_key.get(key, [])
+        sample_row = batch_rows[-1] if batch_rows else None
+        if sample_row is None:
+            continue
+
+        def get(rule, what, st=st):
+            return st.get(f"{rule}__{what}") or 0
+
+        found = []
+        p = params.get("ip_bruteforce")
+        if (
+            "ip_bruteforce" in windows
+            and get("ip_bruteforce", "n") >= p["failures"]
+            and get("ip_bruteforce", "creds") >= p["min_distinct_credentials"]
+        ):
+            found.append(("ip_bruteforce", get("ip_bruteforce", "n"), get("ip_bruteforce", "first")))
+        p = params.get("spray")
+        if "spray" in windows:
+            users = get("spray", "users")
+            if users >= p["users"] and get("spray", "n") <= p["max_tries_per_user"] * users:
+                found.append(("spray", get("spray", "n"), get("spray", "first")))
+        p = params.get("stuffing")
+        if "stuffing" in windows:
+            users = get("stuffing", "users")
+            if users >= p["users"] and get("stuffing", "unknown") >= float(p["unknown_ratio"]) * users:
+                found.append(("stuffing", get("stuffing", "n"), get("stuffing", "first")))
+        p = params.get("low_and_slow")
+        if (
+            "low_and_slow" in windows
+            and get("low_and_slow", "n") >= p["failures"]
+            and get("low_and_slow", "creds") >= p["min_distinct_credentials"]
+        ):
+            found.append(("low_and_slow", get("low_and_slow", "n"), get("low_and_slow", "first")))
+        if not found:
+            continue
+        entity = {kind: key, "country": sample_row["country"], "asn": sample_row["asn_key"]}
+        if kind == "ip":
+            entity["prefix"] = sample_row["prefix"]
+        shared = _shared_source(column, key, T)
+        for rule, count, first in found:
+            severity = params[rule]["severity"]
+            if shared and SEVERITY_RANK[severity] > SEVERITY_RANK["medium"]:
+                severity = "medium"  # many real users log in from here: look, but do not shout or block
+            verdict = _verdict(rule, kind, key, count, params[rule])
+            alert = det.alert(
+                rule,
+                f"{kind}:{key}",
+                entity,
+                count=count,
+                first_seen=first or T,
+                verdict=verdict,
+                samples=[_sample(r) for r in batch_rows[-SAMPLES_PER_UPDATE:]],
+                severity=severity,
+            )
+            if not shared:
+                _respond_block(alert, rule, kind, key, sample_row, T)
+
+
+def _shared_source(column, key, T) -> bool:
+    """Several different users logged in successfully from here in the last week (NAT, carrier)."""
+    recent = AuthEvent.objects.filter(
+        **{column: key}, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lte=T
+    ).values("username")
+    return recent.distinct().count() >= SHARED_SOURCE_USERS
+
+
+def _respond_block(alert, rule, kind, key, sample_row, T):
+    if sample_row["network_kind"] in TRUSTED_KINDS:
+        return
+    if kind == "prefix":
+        if sample_row["network_kind"] == NetworkKind.MOBILE:
+            return  # a carrier's prefix is shared by many subscribers
+        if AuthEvent.objects.filter(prefix=key, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7)).exists():
+            return  # somebody legitimate uses this prefix
+    block = create_block(
+        Block.Kind.IP if kind == "ip" else Block.Kind.PREFIX,
+        key,
+        reason=f"{RULE_TITLES[rule]} (alert {alert.pk})",
+        rule=rule,
+        alert=alert,
+        now=T,
+    )
+    _record_action(alert, block)
+
+
+def _record_action(alert, block):
+    if block is None:
+        return
+    text = f"blocked {block.get_kind_display().lower()} {block.value}"
+    if block.username:
+        text += f" for {block.username}"
+    text += f" for {_duration(block.expires_at - block.created)}"
+    Alert.objects.filter(pk=alert.pk).update(action=text[:255], action_expires_at=block.expires_at)
+
+
+def _duration(delta: dt.timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h"
+    return f"{minutes // 1440} days"
+
+
+def _verdict(rule, kind, key, count, p) -> str:
+    window = _duration(dt.timedelta(minutes=float(p["window_minutes"])))
+    return f"{RULE_TITLES[rule]}: {count} failed logins from {kind} {key} in {window}"[:255]
+
+
+def _asn_stuffing(det: Detection, suspect):
+    p = det.params.get("stuffing")
+    if not p:
+        return
+    T = det.T
+    names = sorted({r["as_name"] for r in suspect if r["as_name"]})
+    if not names:
+        return
+    w = _window_q(T, p["window_minutes"])
+    stats = (
+        AuthEvent.objects.filter(suspect=True, as_name__in=names, ts__lte=T)
+        .filter(w)
+        .values("as_name")
+        .annotate(
+            users=Count("username", distinct=True),
+            unknown=Count("username", distinct=True, filter=Q(result=Result.UNKNOWN_USER)),
+            ips=Count("client_ip", distinct=True),
+            n=Count("id"),
+            first=Min("ts"),
+        )
+    )
+    for st in stats:
+        # Spread over several addresses; a single address is judged by the IP rule.
+        if st["ips"] < 2 or st["users"] < p["users"] or st["unknown"] < float(p["unknown_ratio"]) * st["users"]:
+            continue
+        rows = [r for r in suspect if r["as_name"] == st["as_name"]]
+        det.alert(
+            "stuffing",
+            f"asn:{rows[-1]['asn_key']}",
+            {"asn": rows[-1]["asn_key"], "country": rows[-1]["country"]},
+            count=st["n"],
+            first_seen=st["first"] or T,
+            verdict=f"Credential stuffing: {st['users']} users tried from {st['ips']} addresses in AS {st['as_name']}",
+            samples=[_sample(r) for r in rows[-SAMPLES_PER_UPDATE:]],
+        )
+
+
+def _account_rules(det: Detection, suspect):
+    params = det.params
+    T = det.T
+    users = sorted({r["username"] for r in suspect if r["username"]})
+    if not users:
+        return
+    rules = {r: params[r] for r in ("account_bruteforce", "slow_distributed") if r in params}
+    if not rules:
+        return
+    longest = max(float(p["window_minutes"]) for p in rules.values())
+    ann = {}
+    for rule, p in rules.items():
+        w = _window_q(T, p["window_minutes"])
+        ann[f"{rule}__fps"] = Count("pw_fp", distinct=True, filter=w)
+        ann[f"{rule}__ips"] = Count("client_ip", distinct=True, filter=w)
+        ann[f"{rule}__n"] = Count("id", filter=w)
+        ann[f"{rule}__first"] = Min("ts", filter=w)
+    stats = (
+        AuthEvent.objects.filter(suspect=True, username__in=users, ts__gt=T - dt.timedelta(minutes=longest), ts__lte=T)
+        .values("username")
+        .annotate(**ann)
+    )
+    by_user = defaultdict(list)
+    for r in suspect:
+        by_user[r["username"]].append(r)
+    for st in stats:
+        user = st["username"]
+        found = []
+        p = rules.get("account_bruteforce")
+        if p and st["account_bruteforce__fps"] >= p["distinct_fingerprints"]:
+            found.append("account_bruteforce")
+        p = rules.get("slow_distributed")
+        if p and st["slow_distributed__ips"] >= p["ips"] and st["slow_distributed__fps"] >= p["distinct_fingerprints"]:
+            found.append("slow_distributed")
+        for rule in found:
+            p = rules[rule]
+            verdict = (
+                f"{RULE_TITLES[rule]}: {st[f'{rule}__fps']} different passwords tried against {user} "
+                f"from {st[f'{rule}__ips']} addresses in {_duration(dt.timedelta(minutes=float(p['window_minutes'])))}"
+            )
+            alert = det.alert(
+                rule,
+                f"user:{user}",
+                {"username": user},
+                count=st[f"{rule}__n"],
+                first_seen=st[f"{rule}__first"] or T,
+                verdict=verdict[:255],
+                samples=[_sample(r) for r in by_user[user][-SAMPLES_PER_UPDATE:]],
+                domain_name=domain_of(user),
+            )
+            _block_pairs(alert, rule, user, T, float(p["window_minutes"]))
+
+
+def _block_pairs(alert, rule, user, T, minutes):
+    """Block the attacking sources for this user only (never the account itself)."""
+    sources = (
+        AuthEvent.objects.filter(suspect=True, username=user, ts__gt=T - dt.timedelta(minutes=minutes), ts__lte=T)
+        .exclude(network_kind__in=TRUSTED_KINDS)
+        .values("client_ip")
+        .annotate(n=Count("id"))
+        .order_by("-n")[:50]
+    )
+    last = None
+    for src in sources:
+        block = create_block(
+            Block.Kind.IP_USER,
+            src["client_ip"],
+            username=user,
+            reason=f"{RULE_TITLES[rule]} on {user} (alert {alert.pk})",
+            rule=rule,
+            alert=alert,
+            now=T,
+        )
+        last = block or last
+    if last is not None:
+        n = len(sources)
+        Alert.objects.filter(pk=alert.pk).update(
+            action=f"blocked {n} source address(es) for {user} for {_duration(last.expires_at - last.created)}",
+            action_expires_at=last.expires_at,
+        )
+
+
+def _cleartext(det: Detection, rows):
+    if "cleartext" not in det.params:
+        return
+    by_ip = defaultdict(list)
+    for r in rows:
+        if r["result"] == Result.TLS_REQUIRED:
+            by_ip[r["client_ip"]].append(r)
+    for ip, items in by_ip.items():
+        users = sorted({r["username"] for r in items if r["username"]})
+        _increment_alert(det, "cleartext", ip, items, users)
+
+
+def _increment_alert(det, rule, ip, items, users):
+    det.alert(
+        rule,
+        f"ip:{ip}",
+        {"ip": ip, "prefix": items[-1]["prefix"], "country": items[-1]["country"], "asn": items[-1]["asn_key"]},
+        count=-len(items),  # negative: add to the running count
+        first_seen=items[0]["ts"],
+        verdict=f"Cleartext AUTH refused from {ip}" + (f" for {', '.join(users[:3])}" if users else ""),
+        samples=[_sample(r) for r in items[-SAMPLES_PER_UPDATE:]],
+        domain_name=domain_of(users[0]) if len(users) == 1 else "",
+    )
+
+
+def _stale(det: Detection, rows):
+    if "stale_client" not in det.params:
+        return
+    by_user = defaultdict(list)
+    for r in rows:
+        if r.get("stale") and r["username"]:
+            by_user[r["username"]].append(r)
+    for user, items in by_user.items():
+        det.alert(
+            "stale_client",
+            f"user:{user}",
+            {"username": user, "ip": items[-1]["client_ip"]},
+            count=-len(items),
+            first_seen=items[0]["ts"],
+            verdict=f"A client of {user} keeps retrying an old password from {items[-1]['client_ip']} (not blocked)",
+            samples=[_sample(r) for r in items[-SAMPLES_PER_UPDATE:]],
+            domain_name=domain_of(user),
+        )
+
+
+def _success_rules(det: Detection, rows):
+    successes = [r for r in rows if r["result"] == Result.SUCCESS and r["username"]]
+    if not successes:
+        return
+    params = det.params
+    for row in successes:
+        for rule, detail in row.get("findings", []):
+            if rule not in params:
+                continue
+            _success_finding(det, row, rule, detail)
+    p = params.get("success_after_attack")
+    if not p:
+        return
+    window = dt.timedelta(minutes=float(p["window_minutes"]))
+    earliest = successes[0]["ts"] - window
+    keys = set()
+    for r in successes:
+        keys |= {f"ip:{r['client_ip']}", f"prefix:{r['prefix']}", f"user:{r['username']}"}
+    flagged = defaultdict(list)
+    for a in Alert.objects.filter(
+        rule__in=ATTACK_RULES, entity_key__in=keys, last_seen__gte=earliest, first_seen__lte=det.T
+    ).exclude(status=Alert.Status.SAFE):
+        flagged[a.entity_key].append(a)
+    if not flagged:
+        return
+    allow_cache = {}
+    for row in successes:
+        ip = row["client_ip"]
+        if ip not in allow_cache:
+            allow_cache[ip] = is_allowlisted(ip) or row["network_kind"] in TRUSTED_KINDS
+        if allow_cache[ip]:
+            continue
+        ts = row["ts"]
+
+        def live(key, ts=ts):
+            return [a for a in flagged.get(key, []) if a.first_seen <= ts and a.last_seen >= ts - window]
+
+        by_source = live(f"ip:{ip}") + live(f"prefix:{row['prefix']}")
+        # The user was attacked from elsewhere: only a login from a place the user never used is suspicious.
+        by_user = [] if row.get("known_source") or row.get("known_asn") else live(f"user:{row['username']}")
+        causes = by_source + by_user
+        if not causes:
+            continue
+        user = row["username"]
+        alert = det.alert(
+            "success_after_attack",
+            f"user:{user}",
+            {"username": user, "ip": ip, "prefix": row["prefix"], "country": row["country"], "asn": row["asn_key"]},
+            count=1,
+            first_seen=ts,
+            verdict=(
+                f"{user} logged in from {ip} ({row['country'] or '??'}) right after "
+                f"{RULE_TITLES[causes[0].rule].lower()} (alert {causes[0].pk}): the password may be compromised"
+            )[:255],
+            samples=[_sample(row)],
+            domain_name=domain_of(user),
+        )
+        block = create_block(
+            Block.Kind.IP,
+            ip,
+            reason=f"Login after attack on {user} (alert {alert.pk})",
+            rule="success_after_attack",
+            alert=alert,
+            now=ts,
+        )
+        if block is not None:
+            Alert.objects.filter(pk=alert.pk).update(
+                action=f"blocked IP {ip} for {_duration(block.expires_at - block.created)}; "
+                "consider suspending the mailbox and resetting its password",
+                action_expires_at=block.expires_at,
+            )
+
+
+def _success_finding(det, row, rule, detail):
+    user = row["username"]
+    entity = {"username": user, "ip": row["client_ip"], "country": row["country"], "asn": row["asn_key"]}
+    if rule == "new_country":
+        key = f"user:{user}|country:{row['country']}"
+        verdict = f"{user} logged in from {row['country']} for the first time ({row['client_ip']})"
+    elif rule == "new_asn":
+        key = f"user:{user}|asn:{row['asn_key']}"
+        verdict = f"{user} logged in from a new network {row['asn_key']} ({row['client_ip']})"
+    elif rule == "impossible_travel":
+        key = f"user:{user}"
+        verdict = (
+            f"{user} logged in from {row['client_ip']} ({row['country'] or '??'}) {detail['hours']} h after "
+            f"{detail['from_ip']}, at least {detail['distance_km']} km away ({detail['speed_kmh']} km/h)"
+        )
+    else:  # dormant
+        key = f"user:{user}"
+        verdict = f"{user} logged in after {detail['idle_days']} days without any login"
+    det.alert(
+        rule,
+        key,
+        entity,
+        count=1,
+        first_seen=row["ts"],
+        verdict=verdict[:255],
+        samples=[_sample(row)],
+        domain_name=domain_of(user),
+    )
+
+
+# ---------------------------------------------------------------- alerts
+
+
+def raise_alert(
+    rule,
+    entity_key,
+    entity,
+    *,
+    severity,
+    ts,
+    first_seen,
+    count,
+    window_seconds,
+    verdict,
+    samples,
+    domain_name="",
+    notify=True,
+):
+    """Open a new alert or update the live one for (rule, entity). Returns (alert, is_new_or_escalated).
+
+    count > 0 is the rule's count over its window (kept as a maximum); count < 0 adds -count.
+    """
+    quiet = dt.timedelta(seconds=max(window_seconds, 600) * 2)
+    entity = {k: v for k, v in entity.items() if v not in (None, "")}
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                alert = (
+                    Alert.objects.select_for_update()
+                    .filter(rule=rule, entity_key=entity_key, status__in=[Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED])
+                    .first()
+                )
+                if alert is None:
+                    alert = Alert.objects.create(
+                        rule=rule,
+                        entity_key=entity_key[:400],
+                        entity=entity,
+                        severity=severity,
+                        verdict=verdict,
+                        domain_name=domain_name,
+                        first_seen=min(first_seen, ts),
+                        last_seen=ts,
+                        count=abs(count),
+                        window_seconds=window_seconds,
+                        evidence=samples[:MAX_EVIDENCE],
+                        resolve_after=ts + quiet,
+                    )
+                    fresh = True
+                else:
+                    fresh = SEVERITY_RANK[severity] > SEVERITY_RANK[alert.severity]
+                    if fresh:
+                        alert.severity = severity
+                    alert.last_seen = max(alert.last_seen, ts)
+                    alert.first_seen = min(alert.first_seen, first_seen)
+                    alert.count = alert.count + (-count) if count < 0 else max(alert.count, count)
+                    alert.verdict = verdict
+                    alert.entity = {**alert.entity, **entity}
+                    alert.resolve_after = alert.last_seen + quiet
+                    seen = {(s.get("ts"), s.get("ip"), s.get("username")) for s in alert.evidence}
+                    new = [s for s in samples if (s.get("ts"), s.get("ip"), s.get("username")) not in seen]
+                    alert.evidence = (alert.evidence + new)[:MAX_EVIDENCE]
+                    alert.save()
+                if fresh and notify:
+                    from mailadmin.monitoring import notify as notify_mod
+
+                    transaction.on_commit(lambda alert_id=alert.pk: notify_mod.alert_raised(alert_id))
+            return alert, fresh
+        except IntegrityError:
+            continue  # another worker opened it at the same moment: update that one
+    raise RuntimeError(f"could not raise alert {rule} {entity_key}")
+
+
+def auto_resolve(now) -> int:
+    """Alerts quiet for two windows resolve themselves (a new episode opens a new alert)."""
+    return Alert.objects.filter(status=Alert.Status.OPEN, resolve_after__lt=now).update(
+        status=Alert.Status.RESOLVED, resolved_at=now
+    )
+
+
+_last_surge_minute = {"value": None}
+
+
+def surge_check(T, *, notify=True) -> Alert | None:
+    """Server-wide failures in the last window vs the same hour's 7-day baseline (once a minute)."""
+    p = rule_settings().get("surge")
+    if not p:
+        return None
+    minute = T.replace(second=0, microsecond=0)
+    if _last_surge_minute["value"] == minute:
+        return None
+    _last_surge_minute["value"] = minute
+    window = dt.timedelta(minutes=float(p["window_minutes"]))
+    failures = Rollup.objects.filter(dimension="all", result__in=FAILURE_RESULTS)
+    current = failures.filter(minute__gt=T - window, minute__lte=T).aggregate(n=Sum("count"))["n"] or 0
+    if current < p["min_failures"]:
+        return None
+    days = int(p["baseline_days"])
+    hour_start = T.replace(minute=0, second=0, microsecond=0)
+    q = Q()
+    for d in range(1, days + 1):
+        start = hour_start - dt.timedelta(days=d)
+        q |= Q(minute__gte=start, minute__lt=start + dt.timedelta(hours=1))
+    past = failures.filter(q).aggregate(n=Sum("count"))["n"] or 0
+    per_window = past / (days * (3600 / window.total_seconds()))
+    if current < float(p["factor"]) * per_window:
+        return None
+    ratio = f"{current / per_window:.0f}x" if per_window else "no"
+    alert, _ = raise_alert(
+        "surge",
+        "server",
+        {},
+        severity=p["severity"],
+        ts=T,
+        first_seen=T - window,
+        count=current,
+        window_seconds=int(window.total_seconds()),
+        verdict=f"{current} failed logins in {_duration(window)}: {ratio} the usual for this hour",
+        samples=[],
+        notify=notify,
+    )
+    return alert
+
+
+def run_scheduled(now) -> dict:
+    """Beat: resolve quiet alerts and check for a surge even when no batch arrives."""
+    resolved = auto_resolve(now)
+    surge = surge_check(now)
+    return {"resolved": resolved, "surge": bool(surge)}
+
+
+def counts_by_result(rows) -> Counter:
+    return Counter(r["result"] for r in rows)

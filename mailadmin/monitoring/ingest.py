@@ -258,7 +258,7 @@ def upsert_rollups(counts: Counter) -> None:
             cursor.execute(sql, params)
 
 
-def ingest_events(events, *, replay: bool = False, detect: bool = True) -> IngestReport:
+def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: bool = True) -> IngestReport:
     """The one entry point for auth events (Celery task, import command, tests)."""
     report = IngestReport(received=len(events) if hasattr(events, "__len__") else 0)
     now = timezone.now()
@@ -297,7 +297,7 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True) -> Inges
             detectors.learn(new_rows)
             update_account_last_use(new_rows)
     if new_rows and detect:
-        report.alerts = detectors.run_for_batch(new_rows)
+        report.alerts = detectors.run_for_batch(new_rows, notify=notify)
     if report.invalid:
         log.warning("auth event batch: %s", report.as_dict())
     return report

@@ -38,3 +38,40 @@ def record_messages_sent(items):
     from mailadmin.monitoring.ingest import record_sent
 
     return record_sent(items if isinstance(items, list) else [])
+
+
+@shared_task(name="monitoring.send_alert_email", autoretry_for=(OSError,), retry_backoff=5, max_retries=5)
+def send_alert_email(alert_id):
+    from mailadmin.monitoring.notify import send_immediate
+
+    return send_immediate(alert_id)
+
+
+@shared_task(name="monitoring.send_digests", autoretry_for=(OSError,), retry_backoff=30, max_retries=5)
+def send_digests(kind="hourly"):
+    from mailadmin.monitoring.notify import send_digests as send
+
+    return send("daily" if kind == "daily" else "hourly")
+
+
+@shared_task(name="monitoring.send_owner_notice", autoretry_for=(OSError,), retry_backoff=30, max_retries=3)
+def send_owner_notice(alert_id):
+    from mailadmin.monitoring.notify import send_owner_notice as send
+
+    return send(alert_id)
+
+
+@shared_task(name="monitoring.run_scheduled_detectors")
+def run_scheduled_detectors():
+    from django.utils import timezone
+
+    from mailadmin.monitoring.detectors import run_scheduled
+
+    return run_scheduled(timezone.now())
+
+
+@shared_task(name="monitoring.prune_events")
+def prune_events():
+    from mailadmin.monitoring.retention import prune
+
+    return prune()

@@ -1,0 +1,196 @@
+"""Dashboard benchmark: N auth events over 30 days in PostgreSQL, then p50/p95 of the
+overview's data, each chart endpoint and filtered event searches.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/mailadmin_bench \\
+    SECRET_KEY=bench-secret-key-0123456789abcdef0123456789 \\
+    .venv/bin/python bench/dashboard.py --events 10000000          # generate + measure
+    ... bench/dashboard.py --measure-only                          # measure again
+
+Events are generated inside PostgreSQL (generate_series, indexes dropped during the
+load and rebuilt after) and the rollups are built with INSERT … SELECT … GROUP BY,
+exactly as ingest would have accumulated them. Requests go through Django's test
+client (middleware, templates, JSON) with the chart cache cleared before each one,
+so the numbers are cold-cache costs; the polling overview normally hits the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailadmin.settings")
+
+USERS, DOMAINS, IPS = 5000, 50, 20000
+
+
+def setup_django():
+    import django
+
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        sys.exit("Set DATABASE_URL to a PostgreSQL database of its own, e.g. .../mailadmin_bench")
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def timed(label, fn):
+    start = time.perf_counter()
+    fn()
+    print(f"  {label}: {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def generate(n: int):
+    from django.db import connection, transaction
+
+    table = "monitoring_authevent"
+    # DDL is transactional in PostgreSQL: a failed load leaves the indexes in place.
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(f"TRUNCATE {table}, monitoring_rollup RESTART IDENTITY")
+        cur.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname NOT LIKE %s",
+            [table, "%pkey"],
+        )
+        indexes = cur.fetchall()
+        for name, _ in indexes:
+            cur.execute(f'ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "{name}"')
+            cur.execute(f'DROP INDEX IF EXISTS "{name}"')
+        countries = (
+            "ARRAY['US','DE','FR','GB','NL','CN','RU','BR','IN','VN','ID','IT','ES','PL','SE','JP','KR','TR','UA','ZA']"
+        )
+        # Skewed: a few IPs and users carry most attempts (random()^k).
+        sql = f"""
+        INSERT INTO {table} (event_id, ts, received, node, session_id, attempt, client_ip, prefix, listener, tls,
+            helo, mechanism, username, domain_name, credential, result, pw_fp, suspect, latency_ms,
+            country, city, latitude, longitude, asn, as_name, network_name, network_kind)
+        SELECT gen_random_uuid(), ts, ts, 'smtp' || (g %% 3), md5(g::text)::varchar(16), 1,
+            ip, network(set_masklen(ip, 24))::text,
+            CASE WHEN g %% 4 = 0 THEN 465 ELSE 587 END,
+            CASE WHEN g %% 10 = 0 THEN '' WHEN g %% 3 = 0 THEN 'TLSv1.2' ELSE 'TLSv1.3' END,
+            'host' || ip_n || '.example',
+            CASE WHEN r2 < 0.7 THEN 'PLAIN' WHEN r2 < 0.95 THEN 'LOGIN' ELSE 'SCRAM-SHA-256' END,
+            'user' || user_n || '@d' || (user_n %% {DOMAINS}) || '.example', 'd' || (user_n %% {DOMAINS}) || '.example',
+            'password',
+            CASE WHEN r < 0.6 THEN 'success' WHEN r < 0.9 THEN 'bad_credentials'
+                 WHEN r < 0.98 THEN 'unknown_user' ELSE 'blocked' END,
+            (g %% 4096), r >= 0.6 AND r < 0.98, 5 + g %% 50,
+            ({countries})[1 + ip_n %% 20], '', NULL, NULL, 64500 + ip_n %% 50, 'AS ' || (ip_n %% 50), '', ''
+        FROM (
+            SELECT g, now() - random() * interval '30 days' AS ts, random() AS r, random() AS r2,
+                   floor(power(random(), 3) * {IPS})::int AS ip_n, floor(power(random(), 2) * {USERS})::int AS user_n
+            FROM generate_series(1, %s) g
+        ) s, LATERAL (SELECT '100.64.0.0'::inet + ip_n AS ip) i
+        """
+        timed(f"insert {n:,} events", lambda: cur.execute(sql, [n]))
+        for name, definition in indexes:
+            timed(f"index {name}", lambda d=definition: cur.execute(d))
+        rollup = """
+        INSERT INTO monitoring_rollup (minute, dimension, key, result, count, domain_name)
+        SELECT date_trunc('minute', ts), %s, {key}, result, count(*), {domain}
+        FROM monitoring_authevent {where} GROUP BY 1, 3, 4, 6
+        """
+        dims = [
+            ("all", "''", "''", ""),
+            ("ip", "host(client_ip)", "''", ""),
+            ("prefix", "prefix", "''", ""),
+            ("username", "username", "domain_name", "WHERE username <> ''"),
+            ("country", "country", "''", "WHERE country <> ''"),
+            ("asn", "'AS' || asn", "''", "WHERE asn IS NOT NULL"),
+            ("mechanism", "mechanism", "''", "WHERE mechanism <> ''"),
+        ]
+        for dim, key, domain, where in dims:
+            q = rollup.format(key=key, domain=domain, where=where)
+            timed(f"rollup {dim}", lambda q=q, dim=dim: cur.execute(q, [dim]))
+        timed("analyze", lambda: cur.execute("ANALYZE monitoring_authevent; ANALYZE monitoring_rollup"))
+
+
+def percentiles(samples):
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return statistics.median(ordered) * 1000, p95 * 1000
+
+
+def measure(repeat: int):
+    from django.core.cache import cache
+    from django.test import Client
+
+    from mailadmin.accounts.models import Domain
+    from mailadmin.staff.models import Role, User
+
+    root, _ = User.objects.get_or_create(email="bench-root@staff.example", defaults={"role": Role.SUPERADMIN})
+    admin, _ = User.objects.get_or_create(email="bench-admin@staff.example", defaults={"role": Role.DOMAIN_ADMIN})
+    domain, _ = Domain.objects.get_or_create(name="d7.example")
+    admin.domains.set([domain])
+    from allauth.mfa.models import Authenticator
+
+    for user in (root, admin):  # the MFA middleware wants an authenticator; the secret is never used
+        Authenticator.objects.get_or_create(user=user, type=Authenticator.Type.TOTP, defaults={"data": {"secret": "x"}})
+
+    clients = {}
+    for who, user in (("superadmin", root), ("domain admin", admin)):
+        c = Client(HTTP_HOST="localhost")
+        c.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+        clients[who] = c
+
+    from mailadmin.monitoring.charts import CHARTS
+
+    cases = []
+    for rng in ("24h", "7d", "30d"):
+        cases.append((f"overview data (fragment: counters + all charts) {rng}", f"/monitoring/fragment/?range={rng}"))
+    for name in CHARTS:
+        cases.append((f"chart {name}.json 24h", f"/monitoring/charts/{name}.json?range=24h"))
+        cases.append((f"chart {name}.json 30d", f"/monitoring/charts/{name}.json?range=30d"))
+    cases += [
+        ("event search, no filter (last 24 h)", "/monitoring/events/"),
+        ("event search, result=failed, 7 days", "/monitoring/events/?result=failed&start=2000-01-01T00:00"),
+        ("event search, username", "/monitoring/events/?username=user42@d42.example"),
+        ("event search, IP", "/monitoring/events/?ip=100.64.0.7"),
+        ("event search, CIDR /16", "/monitoring/events/?ip=100.64.0.0/16&result=unknown_user"),
+        ("event search, country + mechanism", "/monitoring/events/?country=DE&mechanism=LOGIN"),
+        ("event search, ASN + listener + no TLS", "/monitoring/events/?asn=64507&listener=465&tls=none"),
+    ]
+    results = []
+    for who, client in clients.items():
+        for label, url in cases:
+            samples = []
+            for _ in range(repeat):
+                cache.clear()
+                start = time.perf_counter()
+                response = client.get(url)
+                body = response.content
+                samples.append(time.perf_counter() - start)
+                assert response.status_code == 200, (url, response.status_code, body[:200])
+            p50, p95 = percentiles(samples)
+            results.append((who, label, p50, p95))
+            print(f"{who:13} {label:55} p50 {p50:8.1f} ms  p95 {p95:8.1f} ms", flush=True)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--measure-only", action="store_true")
+    args = parser.parse_args()
+    setup_django()
+    if not args.measure_only:
+        generate(args.events)
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM monitoring_authevent")
+        events = cur.fetchone()[0]
+        cur.execute("SELECT count(*) FROM monitoring_rollup")
+        rollups = cur.fetchone()[0]
+    print(f"{events:,} events, {rollups:,} rollup rows", flush=True)
+    measure(args.repeat)
+
+
+if __name__ == "__main__":
+    main()

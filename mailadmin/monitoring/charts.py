@@ -1,0 +1,547 @@
+"""Chart data for the dashboard: the ONE place that builds series and breakdowns.
+
+Every function takes the requesting user and a TimeRange and returns data
+already scoped to what that user may see:
+
+- superadmins and all-domain auditors read the server-wide rollups
+  (dimension "all", "ip", "country", "mechanism");
+- a domain admin reads the per-username rollups of their domains (which carry
+  domain_name) and, for breakdowns the rollups cannot scope (IP, country,
+  mechanism, listener), the auth events of their domains.
+
+Results are cached for a few seconds per (chart, scope, range) so that the
+overview's polling costs one query set per bucket, not one per browser tab.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from django.core.cache import cache
+from django.db import connection
+from django.db.models import Count, DateTimeField, F, Func, Max, Q, Sum
+from django.utils import timezone
+
+from mailadmin.monitoring.models import FAILURE_RESULTS, Alert, AuthEvent, Block, Result, Rollup
+
+log = logging.getLogger(__name__)
+
+EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+MINUTE = dt.timedelta(minutes=1)
+# Preset ranges: (span, bucket). Bucket sizes keep every chart between 60 and 170 points.
+PRESETS = {
+    "1h": (dt.timedelta(hours=1), dt.timedelta(minutes=1)),
+    "24h": (dt.timedelta(hours=24), dt.timedelta(minutes=15)),
+    "7d": (dt.timedelta(days=7), dt.timedelta(hours=1)),
+    "30d": (dt.timedelta(days=30), dt.timedelta(hours=6)),
+}
+DEFAULT_PRESET = "24h"
+# Custom ranges take the smallest of these buckets that gives at most MAX_POINTS points.
+BUCKET_LADDER = [dt.timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 180, 360, 720, 1440, 10080)]
+MAX_POINTS = 240
+MAX_CUSTOM_SPAN = dt.timedelta(days=400)
+CACHE_SECONDS = 5  # the overview polls every 5 s: at most one computation per poll
+TOP_LIMIT = 10
+FAILED_COLOUR = "#c0392b"
+SUCCESS_COLOUR = "#1e8449"
+
+
+class RangeError(ValueError):
+    """A custom range the user typed makes no sense; the message is shown as is."""
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    start: dt.datetime  # inclusive, aligned to the bucket
+    end: dt.datetime  # exclusive, aligned to the bucket
+    bucket: dt.timedelta
+    preset: str  # "1h" … "30d" or "custom"
+
+    @property
+    def points(self) -> int:
+        return int((self.end - self.start) / self.bucket)
+
+    def buckets(self) -> list[dt.datetime]:
+        return [self.start + i * self.bucket for i in range(self.points)]
+
+    def cache_part(self) -> str:
+        return f"{self.start.timestamp():.0f}-{self.end.timestamp():.0f}-{self.bucket.total_seconds():.0f}"
+
+    def query_params(self) -> dict:
+        if self.preset != "custom":
+            return {"range": self.preset}
+        return {
+            "range": "custom",
+            "start": self.start.strftime("%Y-%m-%dT%H:%M"),
+            "end": self.end.strftime("%Y-%m-%dT%H:%M"),
+        }
+
+
+def floor_to(moment: dt.datetime, bucket: dt.timedelta) -> dt.datetime:
+    return EPOCH + ((moment - EPOCH) // bucket) * bucket
+
+
+def ceil_to(moment: dt.datetime, bucket: dt.timedelta) -> dt.datetime:
+    floored = floor_to(moment, bucket)
+    return floored if floored == moment else floored + bucket
+
+
+def preset_range(preset: str, now: dt.datetime | None = None) -> TimeRange:
+    span, bucket = PRESETS[preset]
+    # The current (incomplete) bucket is the last point: the chart moves as events arrive.
+    end = floor_to(now or timezone.now(), bucket) + bucket
+    return TimeRange(start=end - span, end=end, bucket=bucket, preset=preset)
+
+
+def parse_datetime(text: str) -> dt.datetime:
+    """An ISO date/time from a form (datetime-local or full ISO); naive means UTC."""
+    value = (text or "").strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise RangeError(f"“{text[:40]}” is not a date and time (use YYYY-MM-DDTHH:MM).") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
+
+
+def custom_range(start_text: str, end_text: str) -> TimeRange:
+    start, end = parse_datetime(start_text), parse_datetime(end_text)
+    if end <= start:
+        raise RangeError("The end of the range must be after its start.")
+    if end - start > MAX_CUSTOM_SPAN:
+        raise RangeError(f"A custom range may span at most {MAX_CUSTOM_SPAN.days} days.")
+    span = end - start
+    bucket = next((b for b in BUCKET_LADDER if span / b <= MAX_POINTS), BUCKET_LADDER[-1])
+    return TimeRange(start=floor_to(start, bucket), end=ceil_to(end, bucket), bucket=bucket, preset="custom")
+
+
+def range_from_params(params, now=None) -> tuple[TimeRange, str | None]:
+    """The range a request asks for, and a message when it asked for nonsense (then: 24 h)."""
+    preset = params.get("range") or DEFAULT_PRESET
+    if preset in PRESETS:
+        return preset_range(preset, now), None
+    if preset == "custom":
+        try:
+            return custom_range(params.get("start", ""), params.get("end", "")), None
+        except RangeError as exc:
+            return preset_range(DEFAULT_PRESET, now), f"{exc} Showing the last 24 hours instead."
+    return preset_range(DEFAULT_PRESET, now), "Unknown range; showing the last 24 hours."
+
+
+# --- scoping ---------------------------------------------------------------------------
+
+
+def sees_everything(user) -> bool:
+    return bool(getattr(user, "sees_all_domains", False))
+
+
+def scope_key(user) -> str:
+    if sees_everything(user):
+        return "all"
+    names = sorted(n.lower() for n in user.domains.values_list("name", flat=True))
+    return hashlib.sha256("|".join(names).encode()).hexdigest()[:16]
+
+
+def scoped_events(user):
+    return AuthEvent.objects.visible_to(user)
+
+
+def _timeline_rollups(user, tr: TimeRange):
+    """Rollups whose sum over a range is the user's visible attempts."""
+    dimension = Rollup.Dimension.ALL if sees_everything(user) else Rollup.Dimension.USERNAME
+    return Rollup.objects.visible_to(user).filter(dimension=dimension, minute__gte=tr.start, minute__lt=tr.end)
+
+
+def _cached(name, user, tr: TimeRange, compute):
+    key = f"monitoring:chart:{name}:{scope_key(user)}:{tr.cache_part()}"
+    try:
+        value = cache.get(key)
+    except Exception:  # a cache outage must not take the dashboard down
+        log.warning("charts: cache unreachable", exc_info=True)
+        return compute()
+    if value is None:
+        value = compute()
+        try:
+            cache.set(key, value, CACHE_SECONDS)
+        except Exception:
+            log.warning("charts: cache unreachable", exc_info=True)
+    return value
+
+
+class DateBin(Func):
+    """Start of the fixed-size bucket (aligned to 2000-01-01 UTC) a timestamp falls in."""
+
+    output_field = DateTimeField()
+
+    def __init__(self, expression, bucket: dt.timedelta):
+        super().__init__(expression)
+        self.seconds = int(bucket.total_seconds())
+
+    def as_postgresql(self, compiler, conn, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"date_bin(%s * interval '1 second', {sql}, timestamptz '2000-01-01 00:00:00+00')", [
+            self.seconds,
+            *params,
+        ]
+
+    def as_sql(self, compiler, conn, **extra):  # SQLite (the embedded default)
+        sql, params = compiler.compile(self.source_expressions[0])
+        epoch = "946684800"  # 2000-01-01 UTC
+        expr = f"datetime(((CAST(strftime('%%s', {sql}) AS INTEGER) - {epoch}) / %s) * %s + {epoch}, 'unixepoch')"
+        return expr, [*params, self.seconds, self.seconds]
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """A chart's numbers: what the JSON, the HTML table and the CSV all show."""
+
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[list] = field(default_factory=list)
+    # For charts: the label column and the value column(s) plotted.
+    labels: list[str] = field(default_factory=list)
+    series: dict[str, list[int]] = field(default_factory=dict)
+    kind: str = "bar"
+
+    @property
+    def empty(self) -> bool:
+        return not any(any(values) for values in self.series.values()) if self.series else not self.rows
+
+    def as_json(self, tr: TimeRange) -> dict:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "kind": self.kind,
+            "range": {
+                "start": tr.start.isoformat(),
+                "end": tr.end.isoformat(),
+                "bucket_seconds": int(tr.bucket.total_seconds()),
+            },
+            "columns": self.columns,
+            "rows": self.rows,
+            "labels": self.labels,
+            "series": self.series,
+            "empty": self.empty,
+        }
+
+
+def timeline_counts(user, tr: TimeRange) -> dict[dt.datetime, dict[str, int]]:
+    """{bucket start: {result: count}} from the rollups."""
+    rows = (
+        _timeline_rollups(user, tr)
+        .annotate(bucket=DateBin(F("minute"), tr.bucket))
+        .values("bucket", "result")
+        .annotate(n=Sum("count"))
+        .order_by()
+    )
+    counts: dict[dt.datetime, dict[str, int]] = {}
+    for row in rows:
+        bucket = row["bucket"]
+        if timezone.is_naive(bucket):
+            bucket = timezone.make_aware(bucket, dt.UTC)
+        counts.setdefault(bucket.astimezone(dt.UTC), {})[row["result"]] = int(row["n"] or 0)
+    return counts
+
+
+def timeline(user, tr: TimeRange) -> Table:
+    def compute():
+        counts = timeline_counts(user, tr)
+        labels, failed, success, rows = [], [], [], []
+        for start in tr.buckets():
+            by_result = counts.get(start, {})
+            ok = by_result.get(Result.SUCCESS, 0)
+            bad = sum(n for result, n in by_result.items() if result != Result.SUCCESS)
+            labels.append(start.isoformat())
+            failed.append(bad)
+            success.append(ok)
+            rows.append([start.strftime("%Y-%m-%d %H:%M"), bad, ok])
+        return Table(
+            name="timeline",
+            title="Failed and successful logins",
+            columns=["Bucket start (UTC)", "Failed", "Successful"],
+            rows=rows,
+            labels=labels,
+            series={"failed": failed, "success": success},
+            kind="line",
+        )
+
+    return _cached("timeline", user, tr, compute)
+
+
+def _bar(name, title, columns, rows, value_index=-1) -> Table:
+    """A bar chart of failures: labels from the first column, values from value_index."""
+    return Table(
+        name=name,
+        title=title,
+        columns=columns,
+        rows=rows,
+        labels=[str(r[0]) for r in rows],
+        series={"failed": [int(r[value_index]) for r in rows]},
+    )
+
+
+def reasons(user, tr: TimeRange) -> Table:
+    def compute():
+        rows = (
+            _timeline_rollups(user, tr)
+            .exclude(result=Result.SUCCESS)
+            .values("result")
+            .annotate(n=Sum("count"))
+            .order_by("-n", "result")
+        )
+        labels = dict(Result.choices)
+        data = [[labels.get(r["result"], r["result"]), int(r["n"])] for r in rows]
+        return _bar("reasons", "Failures by reason", ["Reason", "Failures"], data)
+
+    return _cached("reasons", user, tr, compute)
+
+
+def _failures_by(user, tr, dimension, event_field):
+    """Failures per value of one dimension: rollups for full visibility, events otherwise."""
+    if sees_everything(user):
+        qs = (
+            Rollup.objects.filter(dimension=dimension, minute__gte=tr.start, minute__lt=tr.end)
+            .exclude(result=Result.SUCCESS)
+            .values("key")
+            .annotate(n=Sum("count"))
+            .order_by("-n", "key")[:TOP_LIMIT]
+        )
+        return [(r["key"], int(r["n"])) for r in qs]
+    qs = (
+        scoped_events(user)
+        .filter(ts__gte=tr.start, ts__lt=tr.end)
+        .exclude(result=Result.SUCCESS)
+        .values(event_field)
+        .annotate(n=Count("id"))
+        .order_by("-n", event_field)[:TOP_LIMIT]
+    )
+    return [(r[event_field], int(r["n"])) for r in qs]
+
+
+def mechanisms(user, tr: TimeRange) -> Table:
+    def compute():
+        data = [[k or "(none)", n] for k, n in _failures_by(user, tr, Rollup.Dimension.MECHANISM, "mechanism")]
+        return _bar("mechanisms", "Failures by mechanism", ["Mechanism", "Failures"], data)
+
+    return _cached("mechanisms", user, tr, compute)
+
+
+def countries(user, tr: TimeRange) -> Table:
+    def compute():
+        data = [[k or "??", n] for k, n in _failures_by(user, tr, Rollup.Dimension.COUNTRY, "country")]
+        return _bar("countries", "Failures by country", ["Country", "Failures"], data)
+
+    return _cached("countries", user, tr, compute)
+
+
+def listeners(user, tr: TimeRange) -> Table:
+    """Failures per listener port and TLS (from events: the rollups have no listener dimension)."""
+
+    def compute():
+        qs = (
+            scoped_events(user)
+            .filter(ts__gte=tr.start, ts__lt=tr.end)
+            .exclude(result=Result.SUCCESS)
+            .values("listener", "tls")
+            .annotate(n=Count("id"))
+            .order_by("-n", "listener", "tls")[:TOP_LIMIT]
+        )
+        data = [[f"{r['listener'] or '?'} {r['tls'] or 'no TLS'}", int(r["n"])] for r in qs]
+        return _bar("listeners", "Failures by listener and TLS", ["Listener / TLS", "Failures"], data)
+
+    return _cached("listeners", user, tr, compute)
+
+
+def top_users(user, tr: TimeRange) -> Table:
+    def compute():
+        qs = (
+            Rollup.objects.visible_to(user)
+            .filter(dimension=Rollup.Dimension.USERNAME, minute__gte=tr.start, minute__lt=tr.end)
+            .exclude(result=Result.SUCCESS)
+            .values("key")
+            .annotate(n=Sum("count"))
+            .order_by("-n", "key")[:TOP_LIMIT]
+        )
+        data = [[r["key"], int(r["n"])] for r in qs]
+        return _bar("top_users", "Most targeted mailboxes", ["Mailbox", "Failures"], data)
+
+    return _cached("top_users", user, tr, compute)
+
+
+def top_ips(user, tr: TimeRange) -> Table:
+    """Top failing IPs with country, ASN, users tried and whether a block is active now."""
+
+    def compute():
+        failing = _failures_by(user, tr, Rollup.Dimension.IP, "client_ip")
+        ips = [ip for ip, _ in failing]
+        details = {
+            r["client_ip"]: r
+            for r in scoped_events(user)
+            .filter(client_ip__in=ips, ts__gte=tr.start, ts__lt=tr.end)
+            .values("client_ip")
+            .annotate(users=Count("username", distinct=True), country=Max("country"), asn=Max("asn"))
+            .order_by()
+        }
+        blocked = set(
+            Block.objects.visible_to(user)
+            .active()
+            .filter(kind=Block.Kind.IP, value__in=ips)
+            .values_list("value", flat=True)
+        )
+        data = []
+        for ip, n in failing:
+            d = details.get(ip, {})
+            data.append([ip, d.get("country") or "", d.get("asn") or "", n, d.get("users", 0), ip in blocked])
+        return _bar(
+            "top_ips", "Top failing IPs", ["IP", "Country", "ASN", "Failures", "Users tried", "Blocked"], data, 3
+        )
+
+    return _cached("top_ips", user, tr, compute)
+
+
+CHARTS = {
+    "timeline": timeline,
+    "reasons": reasons,
+    "mechanisms": mechanisms,
+    "countries": countries,
+    "listeners": listeners,
+    "top_users": top_users,
+    "top_ips": top_ips,
+}
+
+
+def counters(user, tr: TimeRange) -> dict:
+    def compute():
+        series = timeline(user, tr).series
+        if sees_everything(user):
+            attackers = (
+                Rollup.objects.filter(dimension=Rollup.Dimension.IP, minute__gte=tr.start, minute__lt=tr.end)
+                .filter(result__in=FAILURE_RESULTS)
+                .values("key")
+                .distinct()
+                .count()
+            )
+        else:
+            attackers = (
+                scoped_events(user)
+                .filter(ts__gte=tr.start, ts__lt=tr.end, result__in=FAILURE_RESULTS)
+                .values("client_ip")
+                .distinct()
+                .count()
+            )
+        open_alerts = dict(
+            Alert.objects.visible_to(user)
+            .filter(status__in=[Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED])
+            .values_list("severity")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
+        return {
+            "attempts": sum(series["failed"]) + sum(series["success"]),
+            "failures": sum(series["failed"]),
+            "successes": sum(series["success"]),
+            "attacking_ips": attackers,
+            "open_alerts": {s: open_alerts.get(s, 0) for s in ("critical", "high", "medium", "low")},
+            "open_alerts_total": sum(open_alerts.values()),
+            "active_blocks": Block.objects.visible_to(user).active().count(),
+        }
+
+    return _cached("counters", user, tr, compute)
+
+
+# --- alert timeline and detector preview ------------------------------------------------
+
+
+def events_timeline(events, tr: TimeRange) -> Table:
+    """Failed/successful per bucket from an (already scoped) event queryset."""
+    counts: dict[dt.datetime, dict[str, int]] = {}
+    rows = (
+        events.filter(ts__gte=tr.start, ts__lt=tr.end)
+        .annotate(bucket=DateBin(F("ts"), tr.bucket))
+        .values("bucket")
+        .annotate(ok=Count("id", filter=Q(result=Result.SUCCESS)), total=Count("id"))
+        .order_by()
+    )
+    for row in rows:
+        bucket = row["bucket"]
+        if timezone.is_naive(bucket):
+            bucket = timezone.make_aware(bucket, dt.UTC)
+        counts[bucket.astimezone(dt.UTC)] = {"ok": row["ok"], "bad": row["total"] - row["ok"]}
+    labels, failed, success, data = [], [], [], []
+    for start in tr.buckets():
+        c = counts.get(start, {"ok": 0, "bad": 0})
+        labels.append(start.isoformat())
+        failed.append(c["bad"])
+        success.append(c["ok"])
+        data.append([start.strftime("%Y-%m-%d %H:%M"), c["bad"], c["ok"]])
+    return Table(
+        name="timeline",
+        title="Attempts",
+        columns=["Bucket start (UTC)", "Failed", "Successful"],
+        rows=data,
+        labels=labels,
+        series={"failed": failed, "success": success},
+        kind="line",
+    )
+
+
+def around(first: dt.datetime, last: dt.datetime, margin: dt.timedelta) -> TimeRange:
+    """A range covering [first - margin, last + margin] with a sensible bucket."""
+    start, end = first - margin, max(last + margin, first + margin + MINUTE)
+    span = end - start
+    bucket = next((b for b in BUCKET_LADDER if span / b <= 120), BUCKET_LADDER[-1])
+    return TimeRange(start=floor_to(start, bucket), end=ceil_to(end, bucket), bucket=bucket, preset="custom")
+
+
+# Rules whose firing can be estimated from rollups: rule → (dimension, threshold param).
+PREVIEWABLE = {
+    "ip_bruteforce": (Rollup.Dimension.IP, "failures"),
+    "low_and_slow": (Rollup.Dimension.IP, "failures"),
+    "account_bruteforce": (Rollup.Dimension.USERNAME, "distinct_fingerprints"),
+    "surge": (Rollup.Dimension.ALL, "min_failures"),
+}
+
+
+def preview_rule(rule: str, params: dict, *, days: int = 7, now=None) -> int | None:
+    """How many times a rule with these params would have fired in the last `days` days.
+
+    An estimate in rollup terms: failures (FAILURE_RESULTS) per entity in tumbling
+    windows of the rule's window_minutes, counting windows that reach the
+    threshold. Per-credential and per-user distinctness are not in the rollups,
+    so those rules count failures instead (an upper bound). None: not estimable.
+    """
+    if rule not in PREVIEWABLE:
+        return None
+    dimension, threshold_name = PREVIEWABLE[rule]
+    try:
+        threshold = int(params[threshold_name])
+        window = dt.timedelta(minutes=int(params.get("window_minutes", 10)))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if threshold <= 0 or window <= dt.timedelta(0):
+        return None
+    end = timezone.now() if now is None else now
+    start = end - dt.timedelta(days=days)
+    qs = (
+        Rollup.objects.filter(dimension=dimension, minute__gte=start, minute__lt=end, result__in=FAILURE_RESULTS)
+        .annotate(window=DateBin(F("minute"), window))
+        .values("key", "window")
+        .annotate(n=Sum("count"))
+        .filter(n__gte=threshold)
+        .order_by()
+    )
+    return qs.count()
+
+
+def database_is_postgresql() -> bool:
+    return connection.vendor == "postgresql"

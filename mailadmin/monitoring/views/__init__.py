@@ -1,0 +1,1 @@
+"""Dashboard pages of the monitoring app, one module per page family."""

@@ -1,0 +1,311 @@
+"""Each rule fires on its attack and stays silent on its benign look-alike.
+
+Scenarios are fed through the real ingest (PostgreSQL), evaluated at the
+events' own times, like a replay."""
+
+import datetime as dt
+
+import pytest
+
+from mailadmin.monitoring.blocks import check_source
+from mailadmin.monitoring.ingest import ingest_events
+from mailadmin.monitoring.models import Alert, AllowedNetwork, Block, NamedNetwork
+
+from .factories import BASE, event
+
+OFFICE = "192.0.2.10"  # an office NAT, learned from successes (no named network)
+ATTACKER = "203.0.113.66"
+H = dt.timedelta(hours=1)
+M = dt.timedelta(minutes=1)
+
+
+def feed(events, batch=200):
+    events = sorted(events, key=lambda e: e["ts"])
+    for i in range(0, len(events), batch):
+        ingest_events(events[i : i + batch], replay=True, notify=False)
+
+
+def learned(users, ip=OFFICE, days=6, start=BASE - dt.timedelta(days=7)):
+    """Two successes a day per user from ip: a baseline that has finished learning."""
+    out = []
+    for d in range(days):
+        for h in (8, 14):
+            for u in users:
+                out.append(event(ip, u, "success", ts=start + dt.timedelta(days=d, hours=h), pw_fp=100))
+    return out
+
+
+def alerts(rule=None, min_severity=None):
+    qs = Alert.objects.all()
+    if rule:
+        qs = qs.filter(rule=rule)
+    if min_severity == "high":
+        qs = qs.filter(severity__in=["high", "critical"])
+    return qs
+
+
+def high_alerts():
+    return list(Alert.objects.filter(severity__in=["high", "critical"]).values_list("rule", "entity_key"))
+
+
+USERS = [f"user{i}@a.example" for i in range(20)]
+
+
+@pytest.mark.django_db
+def test_ip_brute_force_fires_and_blocks_the_ip():
+    feed([event(ATTACKER, "ann@a.example", ts=BASE + i * 20 * dt.timedelta(seconds=1), pw_fp=i) for i in range(12)])
+    alert = alerts("ip_bruteforce").get()
+    assert alert.severity == "high" and alert.entity["ip"] == ATTACKER and alert.count >= 10
+    assert alert.first_seen == BASE and alert.evidence and "pw_fp" not in alert.evidence[0]
+    assert "blocked" in alert.action
+    block = Block.objects.get(kind="ip")
+    assert (block.kind, block.value, block.alert) == ("ip", ATTACKER, alert)
+    assert block.expires_at - block.created == dt.timedelta(minutes=15)
+
+
+@pytest.mark.django_db
+def test_a_stale_client_behind_an_office_nat_is_not_brute_force():
+    # 40 users log in from the office; then one laptop keeps retrying its old password.
+    feed(learned(USERS[:40]))
+    feed([event(OFFICE, USERS[3], ts=BASE + i * 15 * dt.timedelta(seconds=1), pw_fp=7) for i in range(60)])
+    assert high_alerts() == []
+    assert not Block.objects.exists()
+    note = alerts("stale_client").get()
+    assert note.severity == "low"
+
+
+@pytest.mark.django_db
+def test_a_misconfigured_relay_retrying_one_password_is_not_an_attack():
+    feed(
+        [
+            event("198.51.100.200", "relay@a.example", ts=BASE + i * 30 * dt.timedelta(seconds=1), pw_fp=9)
+            for i in range(100)
+        ]
+    )
+    assert high_alerts() == []
+    assert not check_source("198.51.100.200", None).blocked
+
+
+@pytest.mark.django_db
+def test_account_brute_force_from_many_addresses():
+    feed(learned(["ann@a.example"]))
+    attempts = [event(f"203.0.113.{i}", "ann@a.example", ts=BASE + i * 3 * M, pw_fp=500 + i) for i in range(12)]
+    feed(attempts)
+    alert = alerts("account_bruteforce").get()
+    assert alert.severity == "high" and alert.entity == {"username": "ann@a.example"}
+    assert alert.domain_name == "a.example"
+    # sources blocked for ann only; the account itself is never locked
+    pairs = set(Block.objects.values_list("kind", "value", "username"))
+    assert ("ip_user", "203.0.113.5", "ann@a.example") in pairs
+    assert {kind for kind, _, _ in pairs} == {"ip_user"}
+    assert not any(value == OFFICE for _, value, _ in pairs)
+
+
+@pytest.mark.django_db
+def test_typos_then_success_are_not_account_brute_force():
+    feed(learned(["ann@a.example"]))
+    feed(
+        [event("198.51.100.3", "ann@a.example", ts=BASE + i * M, pw_fp=300 + i) for i in range(3)]
+        + [event("198.51.100.3", "ann@a.example", "success", ts=BASE + 4 * M, pw_fp=100)]
+    )
+    assert high_alerts() == []
+
+
+@pytest.mark.django_db
+def test_password_spray_from_one_ip():
+    feed([event(ATTACKER, u, ts=BASE + i * 2 * M, pw_fp=42) for i, u in enumerate(USERS[:8])])
+    alert = alerts("spray").filter(entity_key=f"ip:{ATTACKER}").get()
+    assert alert.severity == "high"
+    assert Block.objects.filter(kind="ip", value=ATTACKER).exists()
+
+
+@pytest.mark.django_db
+def test_an_office_morning_with_typos_is_not_a_spray():
+    feed(learned(USERS))
+    morning = BASE.replace(hour=8)
+    events = []
+    for i, u in enumerate(USERS):
+        t = morning + i * M
+        if i % 3 == 0:
+            events.append(event(OFFICE, u, ts=t, pw_fp=900 + i))  # typo
+        events.append(event(OFFICE, u, "success", ts=t + dt.timedelta(seconds=20), pw_fp=100))
+    feed(events)
+    assert high_alerts() == []
+    assert not Block.objects.exists()
+
+
+@pytest.mark.django_db
+def test_credential_stuffing_from_one_ip():
+    names = [f"u{i}@a.example" for i in range(6)] + [f"nobody{i}@a.example" for i in range(8)]
+    feed(
+        [
+            event(
+                ATTACKER, n, "unknown_user" if n.startswith("nobody") else "bad_credentials", ts=BASE + i * M, pw_fp=i
+            )
+            for i, n in enumerate(names)
+        ]
+    )
+    assert alerts("stuffing").filter(entity_key=f"ip:{ATTACKER}", severity="high").exists()
+
+
+@pytest.mark.django_db
+def test_slow_distributed_attack_on_one_account():
+    feed(learned(["ann@a.example"]))
+    # 12 guesses over 22 hours from 6 addresses: never 10 per hour.
+    feed([event(f"203.0.113.{i % 6 + 1}", "ann@a.example", ts=BASE + i * 2 * H, pw_fp=700 + i) for i in range(12)])
+    assert alerts("slow_distributed").get().severity == "high"
+    assert not alerts("account_bruteforce").exists()
+
+
+@pytest.mark.django_db
+def test_a_phone_with_an_old_password_on_a_carrier_is_not_distributed_attack():
+    feed(learned(["ann@a.example"]))
+    feed([event(f"100.64.{i}.9", "ann@a.example", ts=BASE + i * H, pw_fp=100) for i in range(20)])
+    assert high_alerts() == []
+
+
+@pytest.mark.django_db
+def test_low_and_slow_source():
+    feed([event(ATTACKER, USERS[i % 3], ts=BASE + i * 50 * M, pw_fp=i) for i in range(24)])
+    alert = alerts("low_and_slow").get(entity_key=f"ip:{ATTACKER}")
+    assert alert.severity == "medium"
+    assert Block.objects.filter(kind="ip", value=ATTACKER).exists()
+
+
+@pytest.mark.django_db
+def test_success_after_attack_is_critical():
+    feed(learned(["ann@a.example"]))
+    feed([event(ATTACKER, "ann@a.example", ts=BASE + i * 10 * dt.timedelta(seconds=1), pw_fp=i) for i in range(15)])
+    # the block stops the attacker at the smtpd; a success published before it took effect still counts
+    feed([event(ATTACKER, "ann@a.example", "success", ts=BASE + 4 * M, pw_fp=100)])
+    alert = alerts("success_after_attack").get()
+    assert alert.severity == "critical" and alert.entity["username"] == "ann@a.example"
+
+
+@pytest.mark.django_db
+def test_the_real_user_logging_in_during_an_attack_is_not_compromise():
+    feed(learned(["ann@a.example"]))
+    feed([event(f"203.0.113.{i}", "ann@a.example", ts=BASE + i * M, pw_fp=500 + i) for i in range(12)])
+    assert alerts("account_bruteforce").exists()
+    feed([event(OFFICE, "ann@a.example", "success", ts=BASE + 15 * M, pw_fp=100)])
+    assert not alerts("success_after_attack").exists()
+
+
+def _networks():
+    NamedNetwork.objects.create(
+        network="192.0.2.0/24", name="Berlin office", kind="office", country="DE", latitude=52.52, longitude=13.40
+    )
+    NamedNetwork.objects.create(
+        network="198.51.100.0/24",
+        name="Sydney ISP",
+        kind="residential",
+        country="AU",
+        latitude=-33.87,
+        longitude=151.21,
+    )
+    NamedNetwork.objects.create(
+        network="198.18.0.0/24",
+        name="New York ISP",
+        kind="residential",
+        country="US",
+        latitude=40.71,
+        longitude=-74.0,
+    )
+    NamedNetwork.objects.create(network="198.18.1.0/24", name="CorpVPN", kind="vpn", country="US")
+
+
+@pytest.mark.django_db
+def test_impossible_travel_and_new_country():
+    _networks()
+    feed(learned(["ann@a.example"], ip="192.0.2.10"))
+    feed(
+        [
+            event("198.51.100.5", "ann@a.example", "success", ts=BASE + 30 * M, pw_fp=100),
+            event("192.0.2.10", "ann@a.example", "success", ts=BASE, pw_fp=100),
+        ]
+    )
+    travel = alerts("impossible_travel").get()
+    assert travel.severity == "high"
+    assert alerts("new_country").get().severity == "medium"
+
+
+@pytest.mark.django_db
+def test_a_traveller_after_a_plausible_flight_and_a_vpn_user_are_fine():
+    _networks()
+    feed(learned(["ann@a.example", "bob@a.example"], ip="192.0.2.10"))
+    feed(
+        [
+            event("192.0.2.10", "ann@a.example", "success", ts=BASE, pw_fp=100),
+            event("198.18.0.7", "ann@a.example", "success", ts=BASE + 10 * H, pw_fp=100),  # Berlin → NYC, 10 h
+            event("192.0.2.10", "bob@a.example", "success", ts=BASE, pw_fp=100),
+            event("198.18.1.7", "bob@a.example", "success", ts=BASE + 5 * M, pw_fp=100),  # VPN exit in the US
+        ]
+    )
+    assert high_alerts() == []
+    assert not alerts("impossible_travel").exists()
+    assert list(alerts("new_country").values_list("entity__username", flat=True)) == ["ann@a.example"]
+
+
+@pytest.mark.django_db
+def test_cleartext_attempts_are_a_low_note():
+    feed([event("198.51.100.9", "ann@a.example", "tls_required", ts=BASE + i * M, tls=None) for i in range(3)])
+    alert = alerts("cleartext").get()
+    assert alert.severity == "low" and alert.count == 3
+    assert not Block.objects.exists()
+
+
+@pytest.mark.django_db
+def test_surge_against_the_same_hours_baseline():
+    quiet = []
+    for d in range(1, 8):
+        for i in range(10):
+            quiet.append(event(f"203.0.113.{i}", USERS[i], ts=BASE - dt.timedelta(days=d) + i * 5 * M, pw_fp=1))
+    feed(quiet)
+    assert not alerts("surge").exists()
+    burst = [
+        event(f"10.{i // 250}.{i % 250}.1", USERS[i % 20], ts=BASE + i * dt.timedelta(seconds=2), pw_fp=i % 7)
+        for i in range(150)
+    ]
+    feed(burst)
+    assert alerts("surge").get().severity == "high"
+
+
+@pytest.mark.django_db
+def test_dormant_account_used_again():
+    feed([event(OFFICE, "ann@a.example", "success", ts=BASE - dt.timedelta(days=120), pw_fp=100)])
+    feed([event(OFFICE, "ann@a.example", "success", ts=BASE, pw_fp=100)])
+    assert alerts("dormant").get().severity == "medium"
+
+
+@pytest.mark.django_db
+def test_alerts_deduplicate_then_resolve_after_two_quiet_windows():
+    feed([event(ATTACKER, "ann@a.example", ts=BASE + i * 10 * dt.timedelta(seconds=1), pw_fp=i) for i in range(30)])
+    assert alerts("ip_bruteforce").count() == 1
+    # 25 minutes later (two 10-minute windows quiet) the alert resolves itself; a new wave opens a new one.
+    later = BASE + 40 * M
+    feed(
+        [
+            event(ATTACKER, "ann@a.example", ts=later + i * 10 * dt.timedelta(seconds=1), pw_fp=100 + i)
+            for i in range(12)
+        ]
+    )
+    statuses = sorted(alerts("ip_bruteforce").values_list("status", flat=True))
+    assert statuses == ["open", "resolved"]
+
+
+@pytest.mark.django_db
+def test_allowlisted_sources_are_never_flagged_or_blocked():
+    AllowedNetwork.objects.create(cidr="203.0.113.0/24", note="partner")
+    feed([event(ATTACKER, "ann@a.example", ts=BASE + i * 10 * dt.timedelta(seconds=1), pw_fp=i) for i in range(30)])
+    assert not alerts().filter(severity__in=["high", "critical"]).exists()
+    assert not Block.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_live_attack_is_enforced_by_check_source_at_once():
+    from django.utils import timezone
+
+    now = timezone.now()
+    feed([event(ATTACKER, "ann@a.example", ts=now - dt.timedelta(seconds=30 - i), pw_fp=i) for i in range(12)])
+    decision = check_source(ATTACKER, "ann@a.example")
+    assert decision.blocked and "brute force" in decision.reason.lower()
