@@ -183,9 +183,11 @@ def autofill(model, domain, counter, depth=0):
         if f.primary_key and (f.has_default() or isinstance(f, models.AutoField)):
             continue
         if f.is_relation:
-            if f.null:
-                continue
             target = f.related_model
+            # A nullable link to the domain (or to something of the domain) is set anyway:
+            # left empty, the object would be global (e.g. an OAuth app for every domain).
+            if f.null and (target is not Domain and path_to_domain(target) is None):
+                continue
             related = domain if target is Domain else autofill(target, domain, counter, depth + 1)
             if related is None and target.__module__.startswith(OWN_APP_PREFIXES):
                 return None

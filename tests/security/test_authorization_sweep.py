@@ -36,9 +36,13 @@ PUBLIC = {
     "admin:login": "the Django admin's login entry (allauth's secure_admin_login sends it to our login)",
     "admin:logout": "signing out is harmless",
     "admin:jsi18n": "static translation catalogue of the admin",
-    "o/": "OAuth2 endpoints (authorize, token, revoke, introspect): clients and owners authenticate there",
+    "oauth:authorize": "OAuth2 authorization endpoint: sends an anonymous owner to the portal sign-in",
+    "oauth:token": "OAuth2 token endpoint: the client authenticates in the request (400/401 otherwise)",
+    "oauth:revoke": "OAuth2 revocation endpoint: client-authenticated like the token endpoint",
+    "oauth:introspect": "RFC 7662 introspection: authenticated by the request itself (400/401 otherwise)",
+    ".well-known/": "OAuth/OpenID discovery documents: public metadata by definition",
     "portal:login": "the mailbox owners' sign-in page",
-    "portal/login": "the mailbox owners' sign-in page",
+    "portal:login_totp": "the owners' second sign-in step (sends back to the sign-in without a pending password step)",
     "healthz": "liveness probe for load balancers, no data",
     "metrics": "Prometheus scrape endpoint, no per-domain data",
 }
@@ -49,9 +53,12 @@ SELF_SERVICE_PREFIXES = ("accounts/",)
 SELF_SERVICE_NAMES = {"admin:logout", "admin:password_change"}
 # Append-only logs that a refused request may legitimately write to.
 LOGS = {"staff.AuditEntry"}
+# What an owner's portal visits write by design: web sign-in events and their rollups.
+OWNER_LOGS = {"monitoring.AuthEvent", "monitoring.Rollup"}
 
-LOGIN_PATHS = ("/accounts/login/", "/django-admin/login/", "/portal/login/", "/accounts/reauthenticate/")
-REFUSED = {401, 403, 404, 405}
+LOGIN_PATHS = ("/accounts/login/", "/django-admin/login/", "/my/login/", "/accounts/reauthenticate/")
+# 400: the request was refused as malformed before anything was read or written.
+REFUSED = {400, 401, 403, 404, 405, 429}
 
 
 def is_public(route):
@@ -175,3 +182,42 @@ def test_a_staff_user_without_a_role_of_the_domain_sees_nothing(world, db):
 
     problems = sweep(client, requests, "GET", check)
     assert not problems, "\n".join(problems)
+
+
+OWNER_PASSWORD = "Violet-Harbour-correct-59"
+
+
+def test_a_mailbox_owner_reaches_no_staff_page_and_nothing_of_domain_a(world, domain_b):
+    """A signed-in owner of a mailbox in domain B (the portal, if this build has one)."""
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        login_url = reverse("portal:login")
+        from mailadmin.accounts.mailboxes import create_mailbox
+    except (NoReverseMatch, ImportError):
+        pytest.skip("no mailbox-owner portal in this build")
+    _, requests = world
+    create_mailbox(domain_b, "owner", password=OWNER_PASSWORD)
+    client = Client()
+    response = client.post(login_url, {"address": "owner@b.example", "password": OWNER_PASSWORD})
+    assert response.status_code == 302, "the owner could not sign in to the portal"
+    portal_prefix = login_url.rsplit("login/", 1)[0].lstrip("/")  # "my/"
+    before = fingerprint(exclude=LOGS | OWNER_LOGS)
+
+    def check(route, path, response):
+        if leaks_a(response):
+            return "200 with domain A's data"
+        if route.path_template.startswith(portal_prefix) or is_public(route):
+            return None  # the owner's own pages: answered, without A's data
+        if response.status_code in REFUSED or redirects_to_login(response):
+            return None
+        return f"HTTP {response.status_code} {response.get('Location', '')} on a staff page"
+
+    own_pages = [(r, p) for r, p in requests if r.path_template.startswith(portal_prefix) and not r.params]
+    others = [(r, p) for r, p in requests if (r, p) not in own_pages]
+    problems = sweep(client, requests, "GET", check)
+    problems += sweep(client, [(r, p) for r, p in others if not is_public(r)], "POST", check)
+    assert not problems, "\n".join(problems)
+    assert not changed_tables(before, fingerprint(exclude=LOGS | OWNER_LOGS))
+    # Still signed in at the end: the sweep ran as the owner throughout.
+    assert client.get(f"/{portal_prefix}").status_code == 200

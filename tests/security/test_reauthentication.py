@@ -133,3 +133,21 @@ def test_creating_a_domain_with_cram_md5_asks_for_the_password(signed_in):
     assert not Domain.objects.filter(name="cram.example").exists()
     reauthenticate(signed_in, url)
     assert Domain.objects.get(name="cram.example").cram_md5_enabled
+
+
+def test_rotating_an_oauth_client_secret_asks_for_the_password(signed_in):
+    from django.contrib.auth.hashers import check_password
+
+    from mailadmin.oauth.models import Application
+    from tests.oauth.helpers import make_application
+
+    app = make_application(client_type=Application.CLIENT_CONFIDENTIAL, secret="old-secret-" * 4)
+    url = reverse("oauth:application_rotate_secret", args=[app.pk])
+    assert_sent_to_reauthenticate(signed_in.post(url), url)
+    app.refresh_from_db()
+    assert check_password("old-secret-" * 4, app.client_secret)
+    # After the password, the replayed POST shows the new secret once.
+    response = reauthenticate(signed_in, url)
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    app.refresh_from_db()
+    assert check_password(response.context["secret"], app.client_secret)
