@@ -119,7 +119,7 @@ def read_reply(sock, timeout=3.0) -> list[bytes] | None:
         while b"\r\n" not in buffer:
             try:
                 chunk = sock.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return lines or [b"(no reply within timeout)"]
             if not chunk:
                 return lines or None
