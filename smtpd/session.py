@@ -156,7 +156,10 @@ class SubmissionSMTP(SMTP):
 
     async def _handle_client(self):
         try:
-            if self.ctx.is_proxy(self.client_ip) and not await self._read_proxy_header():
+            # PROXY headers are read on STARTTLS listeners only: on an implicit-TLS
+            # listener the TLS handshake comes first (a known limitation, see README).
+            proxied = not self.listener.implicit_tls and self.ctx.is_proxy(self.client_ip)
+            if proxied and not await self._read_proxy_header():
                 self.close()
                 return
             await self.push(f"220 {self.hostname} {self.__ident__}")

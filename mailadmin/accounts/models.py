@@ -81,7 +81,7 @@ class Mailbox(models.Model):
         SUSPENDED = "suspended", "Suspended"
         DISABLED = "disabled", "Disabled"
 
-    domain = models.ForeignKey(Domain, on_delete=models.PROTECT, related_name="mailboxes")
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="mailboxes")
     # NFC-normalised dot-atom; may contain UTF-8 (SMTPUTF8). Unique per domain ignoring case.
     local_part = models.CharField(max_length=64)
     display_name = models.CharField(max_length=150, blank=True)
@@ -162,7 +162,7 @@ class Alias(models.Model):
     (checked in mailadmin.accounts.mailboxes, under a lock on the domain row)."""
 
     mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="aliases")
-    domain = models.ForeignKey(Domain, on_delete=models.PROTECT, related_name="aliases")
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="aliases")
     local_part = models.CharField(max_length=64)
     created = models.DateTimeField(auto_now_add=True)
 

@@ -34,7 +34,8 @@ import idna
 from django.conf import settings
 from django.contrib.auth.hashers import identify_hasher, make_password
 from django.db import DatabaseError, connections
-from django.db.models.functions import Lower
+from django.db.models import OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 from django.utils.encoding import force_bytes
 
@@ -135,10 +136,16 @@ def _find_mailbox(username: str) -> Mailbox | None:
     local, _, domain_name = username.rpartition("@")
     if not local or not domain_name:
         return None
-    # LOWER(local_part) = … uses the (domain, lower(local_part)) unique index.
+    # LOWER(local_part) = … uses the (domain, lower(local_part)) unique index. The
+    # maximum password age in force comes along, so a cached check is one query.
+    domain_policy = PasswordPolicy.objects.filter(domain=OuterRef("domain")).values("max_age_days")[:1]
+    global_policy = PasswordPolicy.objects.filter(domain__isnull=True).values("max_age_days")[:1]
     rows = list(
         Mailbox.objects.select_related("domain")
-        .annotate(local_lower=Lower("local_part"))
+        .annotate(
+            local_lower=Lower("local_part"),
+            policy_max_age_days=Coalesce(Subquery(domain_policy), Subquery(global_policy), Value(0)),
+        )
         .filter(domain__name=domain_name, local_lower=local.lower())
         .order_by()[:1]
     )
@@ -273,12 +280,14 @@ def _state_reason(mailbox: Mailbox) -> Reason | None:
     return None
 
 
-def password_expired(mailbox: Mailbox, now=None, policy: PasswordPolicy | None = None) -> bool:
-    policy = policy or PasswordPolicy.for_domain(mailbox.domain)
-    if not policy.max_age_days:
+def password_expired(mailbox: Mailbox, now=None) -> bool:
+    max_age_days = getattr(mailbox, "policy_max_age_days", None)
+    if max_age_days is None:
+        max_age_days = PasswordPolicy.for_domain(mailbox.domain).max_age_days
+    if not max_age_days:
         return False
     changed = mailbox.password_changed_at or mailbox.created
-    return changed is not None and changed + timedelta(days=policy.max_age_days) <= (now or timezone.now())
+    return changed is not None and changed + timedelta(days=max_age_days) <= (now or timezone.now())
 
 
 def _after_database_error() -> None:
@@ -289,6 +298,36 @@ def _after_database_error() -> None:
             conn.close()
     except Exception:  # noqa: S110 - best effort; the caller already reports TEMP_FAILURE
         pass
+
+
+class _RecentLogins:
+    """(credential, IP, mechanism) recorded by this process in the last minute:
+    repeated logins then cost no database write at all."""
+
+    MAX = 50000
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seen: dict[tuple, float] = {}
+
+    def seen(self, key: tuple, ip, mechanism) -> bool:
+        now = time.monotonic()
+        full_key = (*key, ip, mechanism)
+        with self._lock:
+            stamp = self._seen.get(full_key)
+            if stamp is not None and now - stamp < LAST_USE_WRITE_INTERVAL.total_seconds():
+                return True
+            if len(self._seen) >= self.MAX:
+                self._seen.clear()
+            self._seen[full_key] = now
+            return False
+
+    def clear(self):
+        with self._lock:
+            self._seen.clear()
+
+
+_recent_logins = _RecentLogins()
 
 
 def record_login(
@@ -304,6 +343,8 @@ def record_login(
     credential unless the IP or mechanism changed. Never raises."""
     ip = _clean_ip(client_ip)
     mechanism = (mechanism or "")[:20]
+    if _recent_logins.seen(("mailbox", mailbox_id, app_password_id), ip, mechanism):
+        return
     now = timezone.now()
     try:
         Mailbox.objects.filter(pk=mailbox_id).exclude(
@@ -536,4 +577,5 @@ def cram_md5_enabled_anywhere() -> bool:
 def clear_caches() -> None:
     """Forget cached verifications and the CRAM-MD5 flag (tests, key rotation)."""
     success_cache.clear()
+    _recent_logins.clear()
     _cram_anywhere.update(value=False, at=-1e9)

@@ -144,3 +144,11 @@ def test_models_have_scoping_querysets(superadmin, admin_a, admin_b, auditor, ma
     assert list(Mailbox.objects.visible_to(auditor)) == [mailbox_a]
     assert list(Mailbox.objects.writable_by(auditor)) == []
     assert list(Mailbox.objects.writable_by(superadmin)) == [mailbox_a]
+
+
+def test_deleting_a_domain_deletes_its_mailboxes(domain_a, mailbox_a):
+    add_alias(mailbox_a, "sales")
+    credentials.create_app_password(mailbox_a, "phone")
+    domain_a.delete()
+    assert not Mailbox.objects.exists()
+    assert verify.verify_password("alice@a.example", GOOD_PASSWORD).reason == "unknown_user"

@@ -315,3 +315,36 @@ def test_cram_state_is_the_hmac_md5_state(domain_a, make_mailbox):
     mailbox = make_mailbox(domain_a, "tim", password="tanstaaf-tanstaaf-Bramble-6")
     state = credentials.decrypt_cram_state(mailbox.cram_md5_state)
     assert state == md5state.hmac_md5_state(b"tanstaaf-tanstaaf-Bramble-6")
+
+
+def test_cached_success_costs_one_query(mailbox_a, django_assert_num_queries):
+    assert verify_password("alice@a.example", GOOD_PASSWORD, client_ip="192.0.2.1").ok
+    with django_assert_num_queries(1):
+        assert verify_password("alice@a.example", GOOD_PASSWORD, client_ip="192.0.2.1").ok
+
+
+def test_domain_policy_max_age_is_used(mailbox_a, domain_a):
+    PasswordPolicy.objects.create(domain=domain_a, max_age_days=10)
+    Mailbox.objects.filter(pk=mailbox_a.pk).update(password_changed_at=timezone.now() - timedelta(days=11))
+    assert verify_password("alice@a.example", GOOD_PASSWORD).reason == Reason.EXPIRED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_verifications_from_threads(domain_a, make_mailbox, settings):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    settings.VERIFY_CONCURRENCY = 2
+    make_mailbox(domain_a, "alice")
+
+    def attempt(i):
+        try:
+            secret = GOOD_PASSWORD if i % 2 == 0 else f"wrong guess number {i}"
+            return verify_password("alice@a.example", secret, client_ip=f"192.0.2.{i}").reason
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(8) as pool:
+        reasons = list(pool.map(attempt, range(16)))
+    assert reasons.count(Reason.SUCCESS) == 8 and reasons.count(Reason.BAD_CREDENTIALS) == 8

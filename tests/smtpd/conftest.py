@@ -33,7 +33,7 @@ WRONG_PASSWORD = "definitely-Wrong-password-000"
 SECRETS = (PASSWORD, OTHER_PASSWORD, WRONG_PASSWORD)
 
 
-def test_database_url() -> str:
+def server_database_url() -> str:
     s = connection.settings_dict
     if "postgresql" not in s["ENGINE"]:
         pytest.skip("the smtpd subprocess tests need PostgreSQL (run by make test)")
@@ -110,7 +110,7 @@ def server_env(tmp: Path, **overrides) -> dict:
     env = dict(os.environ)
     env.update(
         {
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": server_database_url(),
             "VAR_DIR": str(tmp / "var"),
             "SMTPD_SPOOL_DIR": str(tmp / "var" / "spool"),
             "SMTPD_MAILDIR": str(tmp / "var" / "maildir"),

@@ -55,7 +55,7 @@ class Migration(migrations.Migration):
                 (
                     "domain",
                     models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT, related_name="mailboxes", to="accounts.domain"
+                        on_delete=django.db.models.deletion.CASCADE, related_name="mailboxes", to="accounts.domain"
                     ),
                 ),
             ],
@@ -100,7 +100,7 @@ class Migration(migrations.Migration):
                 (
                     "domain",
                     models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT, related_name="aliases", to="accounts.domain"
+                        on_delete=django.db.models.deletion.CASCADE, related_name="aliases", to="accounts.domain"
                     ),
                 ),
                 (

@@ -19,6 +19,8 @@ class Command(BaseCommand):
         out.write(f"  web dashboard   {settings.SITE_URL}/")
         out.write("  Celery worker   queues default, ingest, alerts")
         out.write("  Celery beat     periodic tasks")
+        out.write(f"  SMTP STARTTLS   {', '.join(settings.SMTPD_LISTEN)}")
+        out.write(f"  SMTP TLS        {', '.join(settings.SMTPD_TLS_LISTEN)}")
         out.write(f"  database        {settings.DATABASES['default']['NAME']}")
         out.write(f"  alert mail      {getattr(settings, 'EMAIL_FILE_PATH', settings.EMAIL_HOST)}")
         if User.objects.filter(role=Role.SUPERADMIN, is_active=True).exists():
