@@ -13,6 +13,7 @@ urlpatterns = [
     path("", staff_views.dashboard, name="dashboard"),
     path("accounts/", include("allauth.urls")),
     path("", include("mailadmin.accounts.urls")),
+    path("mailboxes/", include("mailadmin.accounts.urls_mailboxes")),
     path("", include("mailadmin.staff.urls")),
     path("monitoring/", include("mailadmin.monitoring.urls")),
     path("django-admin/", admin.site.urls),
