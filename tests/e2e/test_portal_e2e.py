@@ -38,7 +38,10 @@ def ingest_worker(transactional_db, tmp_path):
         pytest.skip("needs the Redis broker")
     redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("ingest")  # earlier tests' events
     env = dict(
-        os.environ, DATABASE_URL=smtpd_harness.test_database_url(), VAR_DIR=str(tmp_path / "var"), PYTHONUNBUFFERED="1"
+        os.environ,
+        DATABASE_URL=smtpd_harness.server_database_url(),
+        VAR_DIR=str(tmp_path / "var"),
+        PYTHONUNBUFFERED="1",
     )
     cmd = [sys.executable, "-m", "celery", "-A", "mailadmin", "worker", "-Q", "ingest", "-P", "solo"]
     cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO"]
