@@ -66,7 +66,7 @@ def bump_version() -> None:
         cache.set(VERSION_KEY, time.time_ns(), timeout=None)
     except Exception:  # the cache being down must not fail a block; the fallback reload covers it
         log.warning("blocks: could not bump the version stamp in the cache", exc_info=True)
-    _snapshot.invalidate_local()
+    _snapshot.mark_changed()
 
 
 @dataclass
@@ -90,8 +90,13 @@ class _Snapshot:
         self.allowed_lengths: dict[int, set[int]] = {4: set(), 6: set()}
 
     def invalidate_local(self):
+        """Reload at the next check (tests; a fresh database)."""
         self._polled_at = 0.0
-        self._version = object()  # never equal to a real stamp: reload on next check
+        self._version = object()  # never equal to a real stamp
+
+    def mark_changed(self):
+        """This process changed something: reload at the next poll, like every other process."""
+        self._version = object()
 
     def _read_version(self):
         return cache.get(VERSION_KEY)
@@ -204,8 +209,7 @@ def create_block(kind, value, *, reason, rule="", username="", alert=None, now=N
     from mailadmin.monitoring.models import Block
 
     now = now or timezone.now()
-    ip_for_allowlist = value.split("/")[0]
-    if is_allowlisted(ip_for_allowlist) or _allowlist_covers_prefix(value):
+    if _allowlist_covers(value):
         return None
     with transaction.atomic():
         same = Block.objects.select_for_update().filter(kind=kind, value=value, username=username or "")
@@ -227,10 +231,8 @@ def create_block(kind, value, *, reason, rule="", username="", alert=None, now=N
         )
 
 
-def _allowlist_covers_prefix(value: str) -> bool:
-    """A prefix block must not cover any allowlisted network."""
-    if "/" not in value:
-        return False
+def _allowlist_covers(value: str) -> bool:
+    """Does an allowlisted network overlap this address or prefix? (Read from the database: authoritative.)"""
     from mailadmin.monitoring.models import AllowedNetwork
 
     try:

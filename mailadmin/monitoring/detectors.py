@@ -126,45 +126,82 @@ def _is_failure(row) -> bool:
     return row["result"] in FAILURE_RESULTS
 
 
-# ---------------------------------------------------------------- 1. classify
+# ---------------------------------------------------------------- 1+2. classify and learn
+
+BASELINE_FIELDS = [
+    "first_success",
+    "last_success",
+    "success_count",
+    "countries",
+    "asns",
+    "prefixes",
+    "last_lat",
+    "last_lon",
+    "last_place_at",
+    "last_place_ip",
+    "success_fps",
+]
 
 
-def classify(rows: list[dict]) -> None:
-    """Set row["suspect"] and row["stale"] on each row (rows are sorted by ts)."""
-    failing_users = {r["username"] for r in rows if _is_failure(r) and r["username"]}
-    baselines = {b.username: b for b in UserBaseline.objects.filter(username__in=failing_users)}
-    earliest = rows[0]["ts"] if rows else None
+def _place_counts(row) -> bool:
+    return row["network_kind"] not in UNLOCATED_KINDS
+
+
+def classify_and_learn(rows: list[dict]) -> None:
+    """One pass in time order over new rows.
+
+    Failures get row["suspect"] / row["stale"] judged against the user's baseline
+    as it is at that moment; successes get row["findings"] (new country, travel,
+    dormant) judged against the baseline before them, then teach it.
+    """
+    users = sorted({r["username"] for r in rows if r["username"]})
+    if not rows:
+        return
+    params = rule_settings()
+    baselines = {
+        b.username: b for b in UserBaseline.objects.select_for_update().filter(username__in=users).order_by("username")
+    }
+    failing_known = [u for u in {r["username"] for r in rows if _is_failure(r)} if u in baselines]
     recent_pairs = set()
-    if baselines:
+    if failing_known:
         recent_pairs = set(
             AuthEvent.objects.filter(
-                username__in=list(baselines),
-                ts__gte=earliest - STALE_MEMORY,
+                username__in=failing_known,
+                ts__gte=rows[0]["ts"] - STALE_MEMORY,
                 result__in=FAILURE_RESULTS,
                 pw_fp__isnull=False,
             )
             .values_list("username", "pw_fp")
             .distinct()
         )
+    created, changed = {}, set()
     allow_cache = {}
     for row in rows:
         row["suspect"] = False
         row["stale"] = False
-        if not _is_failure(row):
-            continue
         ip = row["client_ip"]
         if ip not in allow_cache:
             allow_cache[ip] = is_allowlisted(ip)
-        if allow_cache[ip] or row["network_kind"] in TRUSTED_KINDS:
-            row["stale"] = row["pw_fp"] is not None and (row["username"], row["pw_fp"]) in recent_pairs
-            recent_pairs.add((row["username"], row["pw_fp"]))
+        user = row["username"]
+        base = baselines.get(user)
+        if row["result"] == Result.SUCCESS and user:
+            if base is None:
+                base = baselines[user] = created[user] = UserBaseline(username=user, domain_name=domain_of(user))
+            row["findings"] = _success_findings(row, base, params, allow_cache[ip])
+            row["known_source"] = row["prefix"] in (base.prefixes or []) or row["network_kind"] in TRUSTED_KINDS
+            row["known_asn"] = bool(row["asn_key"]) and row["asn_key"] in (base.asns or [])
+            _learn_success(base, row)
+            changed.add(user)
             continue
-        base = baselines.get(row["username"])
-        pair = (row["username"], row["pw_fp"])
+        if not _is_failure(row):
+            continue
+        pair = (user, row["pw_fp"])
         retried = row["pw_fp"] is not None and (
             pair in recent_pairs or (base is not None and row["pw_fp"] in (base.success_fps or []))
         )
-        if base is not None and row["prefix"] in (base.prefixes or []):
+        if allow_cache[ip] or row["network_kind"] in TRUSTED_KINDS:
+            row["stale"] = retried
+        elif base is not None and row["prefix"] in (base.prefixes or []):
             row["stale"] = retried  # the user's own network: a typo or a stale client
         elif base is not None and retried and (row["asn_key"] in (base.asns or []) or row["pw_fp"] in base.success_fps):
             row["stale"] = True  # an old password retried from the user's usual AS
@@ -172,60 +209,31 @@ def classify(rows: list[dict]) -> None:
             row["suspect"] = True
         if row["pw_fp"] is not None:
             recent_pairs.add(pair)
+    _save_baselines([baselines[u] for u in sorted(changed)])
 
 
-# ---------------------------------------------------------------- 2. learn
-
-
-def _place_counts(row) -> bool:
-    return row["network_kind"] not in UNLOCATED_KINDS
-
-
-def learn(rows: list[dict]) -> None:
-    """Check successes against each user's baseline, then update it. Findings go in row["findings"]."""
-    successes = [r for r in rows if r["result"] == Result.SUCCESS and r["username"]]
-    if not successes:
+def _save_baselines(objs):
+    """One INSERT … ON CONFLICT DO UPDATE for every baseline touched by the batch."""
+    if not objs:
         return
-    params = rule_settings()
-    users = sorted({r["username"] for r in successes})
-    baselines = {
-        b.username: b for b in UserBaseline.objects.select_for_update().filter(username__in=users).order_by("username")
-    }
-    created, changed = {}, set()
-    allow_cache = {}
-    for row in successes:
-        user = row["username"]
-        base = baselines.get(user)
-        if base is None:
-            base = baselines[user] = created[user] = UserBaseline(username=user, domain_name=domain_of(user))
-        ip = row["client_ip"]
-        if ip not in allow_cache:
-            allow_cache[ip] = is_allowlisted(ip)
-        row["findings"] = _success_findings(row, base, params, allow_cache[ip])
-        row["known_source"] = row["prefix"] in (base.prefixes or []) or row["network_kind"] in TRUSTED_KINDS
-        row["known_asn"] = bool(row["asn_key"]) and row["asn_key"] in (base.asns or [])
-        _learn_success(base, row)
-        changed.add(user)
-    if created:
-        UserBaseline.objects.bulk_create(list(created.values()), ignore_conflicts=True)
-    to_update = [baselines[u] for u in changed if u not in created]
-    if to_update:
-        UserBaseline.objects.bulk_update(
-            to_update,
-            [
-                "first_success",
-                "last_success",
-                "success_count",
-                "countries",
-                "asns",
-                "prefixes",
-                "last_lat",
-                "last_lon",
-                "last_place_at",
-                "last_place_ip",
-                "success_fps",
-            ],
-        )
+    from django.db import connection
+
+    model = UserBaseline
+    fields = [model._meta.get_field(n) for n in ["username", "domain_name", *BASELINE_FIELDS]]
+    table = connection.ops.quote_name(model._meta.db_table)
+    cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    updates = ", ".join(
+        f"{connection.ops.quote_name(f.column)} = EXCLUDED.{connection.ops.quote_name(f.column)}" for f in fields[1:]
+    )
+    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    with connection.cursor() as cursor:
+        for start in range(0, len(objs), 500):
+            chunk = objs[start : start + 500]
+            params = [f.get_db_prep_save(getattr(o, f.attname), connection) for o in chunk for f in fields]
+            values = ", ".join([one] * len(chunk))
+            # Identifiers come from model metadata; every value is a parameter.
+            sql = f"INSERT INTO {table} ({cols}) VALUES {values} ON CONFLICT (username) DO UPDATE SET {updates}"  # noqa: S608
+            cursor.execute(sql, params)
 
 
 def _success_findings(row, base, params, allowlisted) -> list[tuple]:
@@ -332,8 +340,13 @@ class Detection:
         self.T = rows[-1]["ts"]
         self.params = rule_settings()
         self.raised = 0
+        self.resolved = False
+        self.last_fresh = False
 
     def alert(self, rule, entity_key, entity, *, count, first_seen, verdict, samples, domain_name="", severity=None):
+        if not self.resolved:
+            auto_resolve(self.T)  # first, so a new wave after a quiet spell opens a new alert
+            self.resolved = True
         p = self.params[rule]
         severity = severity or p["severity"]
         window = int(float(p.get("window_minutes", 60)) * 60)
@@ -351,6 +364,7 @@ class Detection:
             domain_name=domain_name,
             notify=self.notify,
         )
+        self.last_fresh = fresh
         if fresh:
             self.raised += 1
         return alert
@@ -364,22 +378,53 @@ def _window_q(T, minutes) -> Q:
     return Q(ts__gt=T - dt.timedelta(minutes=float(minutes)))
 
 
+SLICE = dt.timedelta(seconds=60)
+
+
+def _slices(rows):
+    """Cut a (time-ordered) batch into slices of at most a minute of event time."""
+    current = []
+    for row in rows:
+        if current and row["ts"] - current[0]["ts"] > SLICE:
+            yield current
+            current = []
+        current.append(row)
+    if current:
+        yield current
+
+
 def run_for_batch(rows: list[dict], *, notify: bool = True) -> int:
-    """Evaluate every rule touched by this batch at the batch's own time. Returns alerts raised."""
+    """Evaluate the rules touched by this batch, minute by minute of event time. Returns alerts raised.
+
+    A replayed hour arrives as one batch, but each minute is judged at its own time,
+    exactly as live batches would have been; slices with nothing to judge cost nothing.
+    """
     if not rows:
         return 0
-    det = Detection(rows, notify=notify)
-    auto_resolve(det.T)  # first, so a new wave after a quiet spell opens a new alert
-    suspect = [r for r in rows if r.get("suspect")]
+    raised = 0
+    attack_recent = Alert.objects.filter(
+        rule__in=ATTACK_RULES, last_seen__gte=rows[0]["ts"] - dt.timedelta(hours=1)
+    ).exists()
+    for part in _slices(rows):
+        with transaction.atomic():  # one commit per minute of events
+            raised += _run_slice(part, notify=notify, attack_recent=attack_recent)
+            attack_recent = attack_recent or raised > 0
+    return raised
+
+
+def _run_slice(part, *, notify, attack_recent) -> int:
+    det = Detection(part, notify=notify)
+    suspect = [r for r in part if r.get("suspect")]
     if suspect:
         _source_rules(det, suspect, "client_ip", "ip")
         _source_rules(det, suspect, "prefix", "prefix")
         _asn_stuffing(det, suspect)
         _account_rules(det, suspect)
-    _cleartext(det, rows)
-    _stale(det, rows)
-    _success_rules(det, rows)
-    if any(_is_failure(r) for r in rows):
+        attack_recent = attack_recent or det.raised > 0
+    _cleartext(det, part)
+    _stale(det, part)
+    _success_rules(det, part, check_attacks=attack_recent)
+    if any(_is_failure(r) for r in part):
         surge_check(det.T, notify=notify)
     return det.raised
 
@@ -612,23 +657,38 @@ def _account_rules(det: Detection, suspect):
                 samples=[_sample(r) for r in by_user[user][-SAMPLES_PER_UPDATE:]],
                 domain_name=domain_of(user),
             )
-            _block_pairs(alert, rule, user, T, float(p["window_minutes"]))
+            _block_pairs(alert, rule, user, T, float(p["window_minutes"]), by_user[user], det.last_fresh)
 
 
-def _block_pairs(alert, rule, user, T, minutes):
-    """Block the attacking sources for this user only (never the account itself)."""
-    sources = (
-        AuthEvent.objects.filter(suspect=True, username=user, ts__gt=T - dt.timedelta(minutes=minutes), ts__lte=T)
-        .exclude(network_kind__in=TRUSTED_KINDS)
-        .values("client_ip")
-        .annotate(n=Count("id"))
-        .order_by("-n")[:50]
+def _block_pairs(alert, rule, user, T, minutes, slice_rows, fresh):
+    """Block the attacking sources for this user only (never the account itself).
+
+    A new alert blocks every source seen in the window; later slices block only
+    their new sources, skipping pairs already under an active block.
+    """
+    if fresh:
+        ips = list(
+            AuthEvent.objects.filter(suspect=True, username=user, ts__gt=T - dt.timedelta(minutes=minutes), ts__lte=T)
+            .exclude(network_kind__in=TRUSTED_KINDS)
+            .values_list("client_ip", flat=True)
+            .distinct()[:200]
+        )
+    else:
+        ips = sorted({r["client_ip"] for r in slice_rows if r["network_kind"] not in TRUSTED_KINDS})
+    if not ips:
+        return
+    active = set(
+        Block.objects.active(T)
+        .filter(kind=Block.Kind.IP_USER, username=user, value__in=ips)
+        .values_list("value", flat=True)
     )
     last = None
-    for src in sources:
+    for ip in ips:
+        if ip in active:
+            continue
         block = create_block(
             Block.Kind.IP_USER,
-            src["client_ip"],
+            ip,
             username=user,
             reason=f"{RULE_TITLES[rule]} on {user} (alert {alert.pk})",
             rule=rule,
@@ -637,9 +697,10 @@ def _block_pairs(alert, rule, user, T, minutes):
         )
         last = block or last
     if last is not None:
-        n = len(sources)
+        total = Block.objects.filter(alert=alert).count()
         Alert.objects.filter(pk=alert.pk).update(
-            action=f"blocked {n} source address(es) for {user} for {_duration(last.expires_at - last.created)}",
+            action=f"blocked {total} source address(es) for {user}, each for "
+            f"{_duration(last.expires_at - last.created)}",
             action_expires_at=last.expires_at,
         )
 
@@ -689,7 +750,7 @@ def _stale(det: Detection, rows):
         )
 
 
-def _success_rules(det: Detection, rows):
+def _success_rules(det: Detection, rows, *, check_attacks=True):
     successes = [r for r in rows if r["result"] == Result.SUCCESS and r["username"]]
     if not successes:
         return
@@ -700,7 +761,7 @@ def _success_rules(det: Detection, rows):
                 continue
             _success_finding(det, row, rule, detail)
     p = params.get("success_after_attack")
-    if not p:
+    if not p or not check_attacks:
         return
     window = dt.timedelta(minutes=float(p["window_minutes"]))
     earliest = successes[0]["ts"] - window

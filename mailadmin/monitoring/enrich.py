@@ -92,17 +92,21 @@ class _NamedNetworks:
     def __init__(self):
         self._lock = threading.Lock()
         self._loaded_at = 0.0
+        self._polled_at = 0.0
         self._version = None
         self.by_net: dict[str, Place] = {}
         self.lengths: dict[int, list[int]] = {4: [], 6: []}
 
     def invalidate(self):
         self._loaded_at = 0.0
+        self._polled_at = 0.0
+        self._version = object()
 
     def ensure_fresh(self):
         now = time.monotonic()
-        if now - self._loaded_at < 1.0:
+        if now - self._polled_at < 1.0:
             return
+        self._polled_at = now
         from django.core.cache import cache
 
         try:
@@ -110,7 +114,6 @@ class _NamedNetworks:
         except Exception:
             version = None
         if version == self._version and now - self._loaded_at < NAMED_RELOAD_SECONDS:
-            self._loaded_at = max(self._loaded_at, now - NAMED_RELOAD_SECONDS + 1.0)
             return
         with self._lock:
             self._load()

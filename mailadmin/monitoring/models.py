@@ -212,6 +212,19 @@ class NamedNetwork(models.Model):
     def __str__(self):
         return f"{self.network} {self.name} ({self.kind})"
 
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        from mailadmin.monitoring.enrich import networks_changed
+
+        networks_changed()
+
+    def delete(self, *args, **kwargs):
+        result = super().delete(*args, **kwargs)
+        from mailadmin.monitoring.enrich import networks_changed
+
+        networks_changed()
+        return result
+
     def clean(self):
         from django.core.exceptions import ValidationError
 
@@ -402,6 +415,53 @@ class Alert(models.Model):
     @property
     def is_live(self):
         return self.status in (self.Status.OPEN, self.Status.ACKNOWLEDGED)
+
+    def set_status(self, status, *, by: str = "", now=None):
+        now = now or timezone.now()
+        self.status = status
+        self.status_changed_by = by[:254]
+        if status in (self.Status.RESOLVED, self.Status.SAFE):
+            self.resolved_at = now
+        self.save(update_fields=["status", "status_changed_by", "resolved_at"])
+
+    def mark_safe(self, *, by: str = "", now=None):
+        """An admin says this was fine: lift its blocks and teach the system.
+
+        A user's login (new country/AS, travel, dormant, login after attack) goes into
+        that user's baseline; an address or prefix goes on the allowlist.
+        """
+        now = now or timezone.now()
+        self.set_status(self.Status.SAFE, by=by, now=now)
+        for block in self.blocks.filter(lifted_at__isnull=True):
+            block.lifted_at = now
+            block.lifted_by = by[:254] or "marked safe"
+            block.save(update_fields=["lifted_at", "lifted_by"])
+        entity = self.entity or {}
+        username = entity.get("username")
+        if username and self.rule in ("new_country", "new_asn", "impossible_travel", "dormant", "success_after_attack"):
+            base, _ = UserBaseline.objects.get_or_create(
+                username=username, defaults={"domain_name": domain_of(username)}
+            )
+            if entity.get("country") and entity["country"] not in base.countries:
+                base.countries = [*base.countries, entity["country"]]
+            if entity.get("asn") and entity["asn"] not in base.asns:
+                base.asns = [*base.asns, entity["asn"]]
+            if entity.get("ip"):
+                from mailadmin.monitoring.blocks import prefix_of
+
+                prefix = prefix_of(entity["ip"])
+                if prefix not in base.prefixes:
+                    base.prefixes = [*base.prefixes, prefix]
+            base.save()
+            return None
+        network = entity.get("prefix") if self.entity_key.startswith("prefix:") else entity.get("ip")
+        if network:
+            allowed, _ = AllowedNetwork.objects.get_or_create(
+                cidr=str(ipaddress.ip_network(network, strict=False)),
+                defaults={"note": f"marked safe from alert {self.pk} by {by or 'an admin'}"[:255]},
+            )
+            return allowed
+        return None
 
 
 class AlertMailLog(models.Model):

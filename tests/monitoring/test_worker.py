@@ -1,0 +1,85 @@
+"""A real Celery worker process ingests a batch published by task name (as the smtpd does)."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from mailadmin.monitoring.models import Alert, AuthEvent, Block
+
+from .factories import event
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def worker(transactional_db, tmp_path):
+    if not settings.CELERY_BROKER_URL.startswith("redis"):
+        pytest.skip("the worker test needs the Redis broker (make test sets it)")
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    from mailadmin.celery import app
+
+    app.connection_for_write().default_channel.client.delete("ingest", "alerts")  # start from empty queues
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "mailadmin",
+            "worker",
+            "-Q",
+            "ingest,alerts",
+            "-c",
+            "1",
+            "--pool",
+            "solo",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_ingests_a_published_batch_once_and_blocks_the_attacker(worker):
+    from django.utils import timezone
+
+    from mailadmin.celery import app
+
+    now = timezone.now()
+    batch = [event("203.0.113.66", "ann@a.example", ts=now, pw_fp=i) for i in range(12)]
+    batch.append({"id": "garbage", "password": "hunter2"})
+    app.send_task("monitoring.ingest_auth_events", args=[batch], queue="ingest")
+    app.send_task("monitoring.ingest_auth_events", args=[batch], queue="ingest")  # redelivered
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if AuthEvent.objects.count() == 12 and Block.objects.filter(value="203.0.113.66").exists():
+            break
+        assert worker.poll() is None, worker.stdout.read()
+        time.sleep(0.2)
+    time.sleep(1.0)  # let the redelivered copy finish too
+    assert AuthEvent.objects.count() == 12
+    assert Alert.objects.filter(rule="ip_bruteforce", severity="high").count() == 1
+    assert Block.objects.filter(kind="ip", value="203.0.113.66").exists()
