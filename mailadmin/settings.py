@@ -269,6 +269,8 @@ OAUTH2_PROVIDER = {
     "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
     "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
 }
+# oauthlib's DEBUG messages quote refresh tokens and codes: never below INFO.
+LOGGING["loggers"]["oauthlib"] = {"level": "INFO"}
 # Owner portal sign-in throttle (Django cache): attempts per window per client IP and per address.
 PORTAL_LOGIN_LIMIT_PER_IP = env_int("PORTAL_LOGIN_LIMIT_PER_IP", 20, minimum=1)
 PORTAL_LOGIN_LIMIT_PER_ADDRESS = env_int("PORTAL_LOGIN_LIMIT_PER_ADDRESS", 5, minimum=1)

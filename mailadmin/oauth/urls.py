@@ -1,7 +1,7 @@
 from django.urls import path
 from oauth2_provider import views as dot_views
 
-from mailadmin.oauth import views
+from mailadmin.oauth import endpoints, views
 from mailadmin.portal import views as portal_views
 
 app_name = "oauth"
@@ -9,7 +9,7 @@ app_name = "oauth"
 urlpatterns = [
     # The protocol endpoints. The consent page belongs to the owner portal.
     path("authorize/", portal_views.authorize, name="authorize"),
-    path("token/", dot_views.TokenView.as_view(), name="token"),
+    path("token/", endpoints.TokenView.as_view(), name="token"),
     path("revoke/", dot_views.RevokeTokenView.as_view(), name="revoke"),
     path("introspect/", views.introspect, name="introspect"),
     # Staff pages.

@@ -37,12 +37,8 @@ def ingest_worker(transactional_db, tmp_path):
     if not settings.CELERY_BROKER_URL.startswith("redis"):
         pytest.skip("needs the Redis broker")
     redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("ingest")  # earlier tests' events
-    env = dict(
-        os.environ,
-        DATABASE_URL=smtpd_harness.server_database_url(),
-        VAR_DIR=str(tmp_path / "var"),
-        PYTHONUNBUFFERED="1",
-    )
+    database_url = smtpd_harness.server_database_url()
+    env = dict(os.environ, DATABASE_URL=database_url, VAR_DIR=str(tmp_path / "var"), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "celery", "-A", "mailadmin", "worker", "-Q", "ingest", "-P", "solo"]
     cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO"]
     proc = subprocess.Popen(

@@ -8,3 +8,15 @@ def _fresh_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _live_server_closes_its_connections(settings):
+    # live_server serves each request in a new thread; persistent connections
+    # (CONN_MAX_AGE) would outlive the test and block dropping the test database.
+    from django.db import connections
+
+    saved = connections.settings["default"]["CONN_MAX_AGE"]
+    connections.settings["default"]["CONN_MAX_AGE"] = 0
+    yield
+    connections.settings["default"]["CONN_MAX_AGE"] = saved

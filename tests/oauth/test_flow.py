@@ -2,11 +2,17 @@
 real redirects through the portal sign-in, the consent page, the token,
 refresh and revocation endpoints."""
 
+import base64
+import json
+
 import pytest
+import redis
 import requests
+from django.conf import settings
 
 from mailadmin.oauth.models import AccessToken, Application, RefreshToken
 from mailadmin.oauth.tokens import check_bearer
+from mailadmin.portal import events as portal_events
 from tests.oauth.flow import allow, authorize, exchange, full_flow, redirect_query, sign_in
 from tests.oauth.helpers import make_application, make_mailbox, pkce_pair
 
@@ -167,3 +173,27 @@ def test_a_suspended_mailbox_cannot_redeem_its_code(live_server, alice, public_a
     Mailbox.objects.filter(pk=alice.pk).update(state=Mailbox.State.SUSPENDED)
     response = exchange(live_server.url, public_app.client_id, query["code"], verifier)
     assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
+
+
+@pytest.mark.skipif(not settings.CELERY_BROKER_URL.startswith("redis"), reason="reads the Redis broker's queue")
+def test_token_endpoint_refusals_are_auth_events(live_server, alice, public_app):
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete("ingest")
+    session = _signed_in(live_server)
+    verifier, challenge = pkce_pair()
+    query = allow(session, authorize(session, live_server.url, public_app.client_id, challenge=challenge))
+    wrong_verifier, _ = pkce_pair()
+    assert exchange(live_server.url, public_app.client_id, query["code"], wrong_verifier).status_code == 400
+    assert exchange(live_server.url, public_app.client_id, query["code"], verifier).status_code == 200
+    assert exchange(live_server.url, public_app.client_id, query["code"], verifier).status_code == 400  # replay
+    assert portal_events.flush()
+    messages = broker.lrange("ingest", 0, -1)
+    broker.delete("ingest")
+    events = [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0][0] for m in messages]
+    refusals = sorted((e for e in events if e["mechanism"] == "OAUTH-TOKEN"), key=lambda e: e["ts"])
+    assert [e["result"] for e in refusals] == ["bad_credentials", "bad_credentials"]
+    # The PKCE mismatch still knew the code's mailbox; the replayed code is gone.
+    assert [e["username"] for e in refusals] == ["alice@a.example", ""]
+    assert {e["credential"] for e in refusals} == {f"oauth_client:{public_app.client_id}"}
+    dumped = b"".join(messages).decode()
+    assert query["code"] not in dumped and verifier not in dumped and wrong_verifier not in dumped

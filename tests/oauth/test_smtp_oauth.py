@@ -171,7 +171,17 @@ def test_oauth_off_is_neither_advertised_nor_accepted(smtpd_factory, carol, app)
 # --- every refusal --------------------------------------------------------------------------------
 
 
-REFUSALS = ["expired", "revoked", "wrong_user", "wrong_scope", "unknown", "bad_chars", "too_long", "suspended"]
+REFUSALS = [
+    "expired",
+    "revoked",
+    "wrong_user",
+    "wrong_scope",
+    "wrong_audience",
+    "unknown",
+    "bad_chars",
+    "too_long",
+    "suspended",
+]
 
 
 def _refused_token(case, live_server, carol, app):
@@ -189,6 +199,8 @@ def _refused_token(case, live_server, carol, app):
         return "dave@oauth.example", issue_token(carol, app)[1]
     if case == "wrong_scope":
         return ADDRESS, issue_token(carol, app, scope="read")[1]
+    if case == "wrong_audience":  # RFC 8707: bound to another resource server
+        return ADDRESS, issue_token(carol, app, resource=["https://api.elsewhere.example/"])[1]
     if case == "unknown":
         return ADDRESS, "A" * 40
     if case == "bad_chars":

@@ -160,3 +160,11 @@ def test_anonymous_visitors_are_sent_to_the_portal_login(client, db):
     for name in ("portal:home", "portal:app_passwords", "portal:grants", "portal:password", "portal:preferences"):
         response = client.get(reverse(name))
         assert response.status_code == 302 and response["Location"].startswith(reverse("portal:login"))
+
+
+def test_the_notice_choice_is_readable_by_the_notifier(alice_client, alice):
+    from mailadmin.portal.notices import wants_new_signin_notice
+
+    assert wants_new_signin_notice(alice.pk) is True  # default on
+    alice_client.post(reverse("portal:preferences"), {})
+    assert wants_new_signin_notice(alice.pk) is False

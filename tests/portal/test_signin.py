@@ -1,5 +1,6 @@
 import base64
 import json
+import time
 
 import pytest
 import redis
@@ -8,6 +9,7 @@ from django.urls import reverse
 
 from mailadmin.accounts.credentials import create_app_password
 from mailadmin.accounts.models import Mailbox
+from mailadmin.portal import events as portal_events
 from mailadmin.portal.models import OwnerSettings
 from tests.oauth.helpers import PASSWORD, make_mailbox
 
@@ -173,6 +175,7 @@ def test_every_sign_in_is_published_as_a_web_event_without_the_password(client, 
     broker.delete("ingest")
     _login(client, password="wrong-password-123")
     _login(client)
+    assert portal_events.flush()
     messages = [json.loads(raw) for raw in broker.lrange("ingest", 0, -1)]
     broker.delete("ingest")
     assert all(m["headers"]["task"] == "monitoring.ingest_auth_events" for m in messages)
@@ -188,15 +191,19 @@ def test_every_sign_in_is_published_as_a_web_event_without_the_password(client, 
 def test_a_broker_outage_never_blocks_a_sign_in(client, alice, caplog):
     from mailadmin.celery import app
 
-    original = app.conf.broker_url
-    app.pool.force_close_all()
-    app._pool = None
-    app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens there
+    # Point publishing at a port where nothing listens; the pools of the real
+    # broker are left alone (other tests publish through them).
+    original = app.conf.broker_write_url
+    app.amqp._producer_pool = None
+    app.conf.broker_write_url = "redis://127.0.0.1:1/0"
     try:
+        started = time.monotonic()
         response = _login(client)
+        elapsed = time.monotonic() - started
+        assert portal_events.flush(30)
     finally:
-        app.pool.force_close_all()
-        app._pool = None
-        app.conf.broker_url = original
+        app.conf.broker_write_url = original
+        app.amqp._producer_pool = None
     assert response.status_code == 302
     assert "portal sign-in event not queued" in caplog.text
+    assert elapsed < 2  # the request never waited for the broker
