@@ -18,7 +18,14 @@ document.addEventListener('securitypolicyviolation', (e) => {
 """
 
 # Pages other branches add; visited when they exist in this build.
-OPTIONAL_PAGES = ["monitoring:overview", "monitoring:events", "monitoring:alerts", "mailboxes:list"]
+OPTIONAL_PAGES = [
+    "monitoring:overview",
+    "monitoring:events",
+    "monitoring:alerts",
+    "mailboxes:list",
+    "oauth:application_list",
+    "portal:login",
+]
 
 
 class ViolationLog:
