@@ -149,3 +149,58 @@ def test_unwritable_spool_is_logged_and_counted_and_auth_still_works(smtpd_facto
     assert "event spool" in logs and "is not usable" in logs
     assert "cannot write the event spool" in logs and "DROPPED" in logs
     assert "Traceback" not in logs
+
+
+def test_sigterm_with_100_open_sessions_loses_no_event(smtpd_factory, module_accounts, tmp_path, redis_server):  # noqa: F811
+    """Broker down, 100 authenticated sessions open, SIGTERM: every session ends (the
+    drain's 421), every auth event is in the on-disk spool, and the next start with the
+    broker back publishes all of them."""
+    import redis as redis_client
+
+    spool = tmp_path / "spool"
+    down = smtpd_factory(
+        SMTPD_SPOOL_DIR=str(spool),
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+        SMTPD_AUTH_FAIL_DELAY="0",
+        SMTPD_AUTH_RATE_PER_IP="100000",
+    )
+    blob = base64.b64encode(f"\0alice@send.example\0{PASSWORD}".encode()).decode()
+    sessions = []
+    for _ in range(100):
+        client = RawClient(down, "tls")
+        client.cmd("EHLO client.test")
+        assert client.cmd(f"AUTH PLAIN {blob}") == "235 2.7.0 Authentication successful"
+        sessions.append(client)
+    down.signal(signal.SIGTERM)
+    assert down.proc.wait(30) == 0
+    ended = 0
+    for client in sessions:
+        try:
+            line = client.line()
+        except OSError:
+            line = ""
+        ended += line.startswith("421") or line == ""
+    assert ended == 100
+
+    def spooled_ids():
+        ids = []
+        for path in spool.rglob("*.json"):
+            ids += [item["id"] for item in json.loads(path.read_text())["items"]]
+        return ids
+
+    ids = spooled_ids()
+    assert len(ids) == len(set(ids)) == 100, len(ids)
+
+    # Next start, broker back: the spool is replayed and emptied.
+    smtpd_factory(SMTPD_SPOOL_DIR=str(spool), CELERY_BROKER_URL=redis_server.url)
+    broker = redis_client.Redis.from_url(redis_server.url)
+
+    def published_ids():
+        found = []
+        for raw in broker.lrange("ingest", 0, -1):
+            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            found += [item["id"] for item in body[0][0]]
+        return found
+
+    assert wait_for(lambda: set(published_ids()) >= set(ids), timeout=30)
+    assert wait_for(lambda: not spooled_ids(), timeout=10)
