@@ -36,6 +36,7 @@ def run(mailboxes, days, seed, batch_seconds=60.0, quiet=True):
     from mailadmin.monitoring import blocks, detectors, enrich
 
     blocks._snapshot.invalidate_local()
+    blocks._recent.clear()
     enrich._named.invalidate()
     detectors._last_surge_minute["value"] = None
     trace = build_trace(mailboxes=mailboxes, days=days, seed=seed)

@@ -195,6 +195,13 @@ def check_source(client_ip: str, username: str | None) -> Decision:
     return ALLOW
 
 
+# (kind, value, username) → the block this process last made or found for it: lets a
+# detector that re-confirms an ongoing attack every minute skip the database while
+# the block runs. Lifting a block early is rare; a lifted one is re-made at expiry.
+_recent: dict[tuple, object] = {}
+_RECENT_MAX = 50_000
+
+
 def block_duration(escalation: int) -> timedelta:
     return min(BASE_BLOCK * (2**escalation), MAX_BLOCK)
 
@@ -209,16 +216,21 @@ def create_block(kind, value, *, reason, rule="", username="", alert=None, now=N
     from mailadmin.monitoring.models import Block
 
     now = now or timezone.now()
+    key = (kind, value, username or "")
+    known = _recent.get(key)
+    if known is not None and known.created <= now < known.expires_at:
+        return known
     if _allowlist_covers(value):
         return None
     with transaction.atomic():
         same = Block.objects.select_for_update().filter(kind=kind, value=value, username=username or "")
         active = same.filter(lifted_at__isnull=True, expires_at__gt=now).order_by("-expires_at").first()
         if active is not None:
+            _remember(key, active)
             return active
         previous = same.filter(expires_at__gte=now - ESCALATION_MEMORY).order_by("-escalation").first()
         level = previous.escalation + 1 if previous is not None else 0
-        return Block.objects.create(
+        block = Block.objects.create(
             kind=kind,
             value=value,
             username=username or "",
@@ -229,6 +241,14 @@ def create_block(kind, value, *, reason, rule="", username="", alert=None, now=N
             expires_at=now + block_duration(level),
             escalation=level,
         )
+    transaction.on_commit(lambda: _remember(key, block))
+    return block
+
+
+def _remember(key, block):
+    if len(_recent) >= _RECENT_MAX:
+        _recent.clear()
+    _recent[key] = block
 
 
 def _allowlist_covers(value: str) -> bool:

@@ -7,6 +7,7 @@ from mailadmin.monitoring import blocks, enrich
 def fresh_snapshots():
     """Each test's database starts empty: drop the in-process caches of blocks and networks."""
     blocks._snapshot.invalidate_local()
+    blocks._recent.clear()
     enrich._named.invalidate()
     yield
     blocks._snapshot.invalidate_local()
