@@ -1,10 +1,11 @@
 import datetime as dt
+import time
 
 import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from mailadmin.monitoring.blocks import check_source
+from mailadmin.monitoring.blocks import POLL_SECONDS, check_source
 from mailadmin.monitoring.models import AllowedNetwork, Block
 from mailadmin.staff.models import AuditEntry
 
@@ -54,6 +55,7 @@ def test_unblock_lifts_and_audits(super_client, some_blocks):
     assert response.status_code == 302
     some_blocks["ip"].refresh_from_db()
     assert some_blocks["ip"].lifted_by == "root@staff.example"
+    time.sleep(POLL_SECONDS + 0.1)  # every process notices the change within one poll
     assert not check_source("203.0.113.9", None).blocked
     assert AuditEntry.objects.filter(object_kind="block", object_id=str(some_blocks["ip"].pk)).exists()
 
@@ -75,6 +77,7 @@ def test_manual_block_with_expiry(super_client, db):
     block = Block.objects.get()
     assert block.value == "203.0.113.0/24"
     assert dt.timedelta(minutes=119) < block.expires_at - timezone.now() <= dt.timedelta(hours=2)
+    time.sleep(POLL_SECONDS + 0.1)
     assert check_source("203.0.113.5", None).blocked
 
 

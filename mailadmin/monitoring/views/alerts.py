@@ -80,18 +80,13 @@ def change_status(request, alert, action) -> bool:
     if alert.status not in allowed_from:
         return False
     before = audit.snapshot(alert)
-    alert.status = new_status
-    alert.status_changed_by = request.user.email
-    if new_status in (Alert.Status.RESOLVED, Alert.Status.SAFE):
-        alert.resolved_at = alert.resolved_at or timezone.now()
-    alert.save(update_fields=["status", "status_changed_by", "resolved_at"])
     if new_status == Alert.Status.SAFE:
-        # Teach the baseline that this was the user (when the detectors offer it).
-        from mailadmin.monitoring import detectors
-
-        mark_safe = getattr(detectors, "mark_safe", None)
-        if mark_safe is not None:
-            mark_safe(alert)
+        # The model lifts the alert's blocks and teaches the user's baseline or the allowlist.
+        learned = alert.mark_safe(by=request.user.email)
+        if learned is not None:
+            audit.record(request, "create", learned, changes=audit.diff(None, audit.snapshot(learned)))
+    else:
+        alert.set_status(new_status, by=request.user.email)
     audit.record(
         request, "update", alert, changes=audit.diff(before, audit.snapshot(alert)), object_repr=f"{action} {alert}"
     )

@@ -85,7 +85,7 @@ class BlockForm(forms.Form):
 
 def create_manual_block(request, *, kind, value, username="", hours=24, reason="", alert=None):
     """A block chosen by an admin (no escalation). Returns (block, error message)."""
-    if block_engine.is_allowlisted(value.split("/")[0]) or block_engine._allowlist_covers_prefix(value):
+    if block_engine._allowlist_covers(value):  # the allowlist always wins (read from the database)
         return None, f"{value} is on the allowlist; remove it from the allowlist first."
     now = timezone.now()
     block = Block.objects.create(
