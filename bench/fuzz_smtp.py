@@ -3,7 +3,6 @@ tests/security/test_smtp_fuzz.py (which runs 60 dialogues in `make test`), with 
 bigger budget. It starts its own smtpd on ephemeral loopback ports against a test
 database, like the test suite.
 
-    make test PYTEST_ARGS=--co >/dev/null   # once: installs
     TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/mailadmin_bench \\
     .venv/bin/python bench/fuzz_smtp.py --examples 5000
 
@@ -14,6 +13,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,14 +27,16 @@ def main():
         "--database-url",
         default=os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/mailadmin_bench"),
     )
-    parser.add_argument("--redis-url", default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/12"))
+    # The fuzz needs no broker: events go to a filesystem broker in a temporary directory.
+    parser.add_argument("--broker-url", default="filesystem://")
     options = parser.parse_args()
     env = {
         **os.environ,
         "SMTP_FUZZ_EXAMPLES": str(options.examples),
         "DATABASE_URL": options.database_url,
-        "CELERY_BROKER_URL": options.redis_url,
-        "CACHE_URL": options.redis_url,
+        "CELERY_BROKER_URL": options.broker_url,
+        "CACHE_URL": "locmem://",
+        "VAR_DIR": tempfile.mkdtemp(prefix="fuzz-smtp-"),
         "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-secret-key-0123456789abcdef0123456789"),
     }
     started = time.monotonic()
