@@ -326,3 +326,32 @@ SMTPD_METRICS_LISTEN = env_str("SMTPD_METRICS_LISTEN", "127.0.0.1:9587" if DEBUG
 SMTPD_SPOOL_DIR = env_str("SMTPD_SPOOL_DIR", str(VAR_DIR / "smtpd-spool"))
 SMTPD_MAILDIR = env_str("SMTPD_MAILDIR", str(VAR_DIR / "maildir"))
 RELAY_URL = env_str("RELAY_URL", "")  # smtp://user:pass@host:587 (STARTTLS) or smtps://...:465; empty: Maildir
+
+# --- hardening: CSP, cookies, staff sessions, re-authentication (README "Security") ---
+# django-csp sets the header; no page needs inline scripts or style attributes
+# (allauth passes its data in <script type="application/json">, which CSP allows).
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "csp.middleware.CSPMiddleware")
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.common.CommonMiddleware") + 1, "mailadmin.security.RejectNulBytesMiddleware"
+)
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],  # allauth's TOTP QR code is a data: URI
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+CSRF_COOKIE_HTTPONLY = True  # no script reads it: forms and htmx send the token from the page
+CSRF_COOKIE_SAMESITE = "Lax"
+# Staff sessions end SESSION_COOKIE_AGE seconds after sign-in (absolute) and, unless
+# turned off, when the browser closes.
+SESSION_EXPIRE_AT_BROWSER_CLOSE = env_bool("SESSION_EXPIRE_AT_BROWSER_CLOSE", True)
+# Sensitive actions (staff roles, CRAM-MD5, OAuth client secrets) ask for the password
+# or a second factor again unless one was re-entered within this many seconds.
+ACCOUNT_REAUTHENTICATION_TIMEOUT = env_int("REAUTHENTICATION_TIMEOUT", 300, minimum=30)

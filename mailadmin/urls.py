@@ -21,3 +21,6 @@ urlpatterns = [
     path(".well-known/oauth-authorization-server", oauth_views.authorization_server_metadata),
     path("my/", include("mailadmin.portal.urls")),
 ]
+
+# A database outage is a 503 "maintenance" page, not a generic 500 (mailadmin.maintenance).
+handler500 = "mailadmin.maintenance.server_error"

@@ -49,7 +49,18 @@ class SpoolingPublisher:
         retry_interval: float = 1.0,
     ):
         self.spool_dir = Path(spool_dir)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.dropped = 0  # events lost because the spool could not be written (metric)
+        self._spool_error_logged = False
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # AUTH must keep working without a spool: events still go to the broker.
+            log.error(
+                "event spool %s is not usable (%s): auth events are published directly "
+                "and DROPPED while the broker is down; fix the directory's permissions",
+                self.spool_dir,
+                exc.strerror or type(exc).__name__,
+            )
         self._send = send
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -201,11 +212,26 @@ class SpoolingPublisher:
     def _spool(self, seq: int, task_name: str, items: list) -> None:
         path = self.spool_dir / f"{seq:016d}.json"
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"task": task_name, "items": items}, fh, separators=(",", ":"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.rename(path)
+        try:
+            with open(tmp, "w") as fh:
+                json.dump({"task": task_name, "items": items}, fh, separators=(",", ":"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.rename(path)
+        except OSError as exc:
+            # Unwritable or full disk: say so loudly (once per outage), count the loss,
+            # and keep the sender alive so publishing resumes with the broker.
+            self.dropped += len(items)
+            if not self._spool_error_logged:
+                log.error(
+                    "cannot write the event spool %s (%s): auth events are being DROPPED until the "
+                    "broker is back or the spool is writable",
+                    self.spool_dir,
+                    exc.strerror or type(exc).__name__,
+                )
+                self._spool_error_logged = True
+            return
+        self._spool_error_logged = False
         self._count_spooled(+1)
 
     def _count_spooled(self, delta: int) -> None:

@@ -8,6 +8,7 @@ SESSIONS_TOTAL = Counter("smtpd_sessions_total", "SMTP sessions accepted", ["lis
 MESSAGES = Counter("smtpd_messages_total", "Messages accepted for delivery")
 PUBLISH_QUEUE = Gauge("smtpd_event_publish_queue_depth", "Auth events waiting in memory to be published")
 SPOOL_BATCHES = Gauge("smtpd_event_spool_batches", "Event batches waiting in the on-disk spool")
+SPOOL_DROPPED = Gauge("smtpd_events_dropped", "Auth events lost since start because the spool could not be written")
 VERIFY_LATENCY = Histogram(
     "smtpd_verify_latency_seconds",
     "Time spent in the credential verifier (thread pool)",
@@ -22,6 +23,7 @@ def start_metrics_server(address: str, publisher) -> tuple[str, int] | None:
 
     PUBLISH_QUEUE.set_function(lambda: publisher.queue_depth)
     SPOOL_BATCHES.set_function(lambda: publisher.spooled_batches)
+    SPOOL_DROPPED.set_function(lambda: publisher.dropped)
     host, _, port = address.rpartition(":")
     server, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")  # noqa: S104 (only when configured so)
     return server.server_address[:2]

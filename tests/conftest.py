@@ -1,6 +1,8 @@
 """Shared fixtures: two domains and three staff users (superadmin, admin of A,
 admin of B) so every view gets its permission test; clients already past MFA."""
 
+import time
+
 import pytest
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 
@@ -66,6 +68,12 @@ def auditor(db):
 
 def _client_for(client, user):
     client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    # As if the password was just re-entered, so actions behind re-authentication
+    # (mailadmin.security) go through; tests/security tests that gate with a bare client.
+    session = client.session
+    session["account_authentication_methods"] = [{"method": "password", "at": time.time(), "reauthenticated": True}]
+    session["account_authentication_methods_user"] = str(user.pk)
+    session.save()
     return client
 
 

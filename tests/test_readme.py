@@ -22,4 +22,15 @@ def test_readme_order_and_systemd_units():
         < readme.index("## Production deployment")
     )
     units = {p.name for p in (ROOT / "deploy" / "systemd").glob("*.service")}
-    assert units == {"mailadmin-web.service", "mailadmin-worker.service", "mailadmin-beat.service"}
+    assert units == {
+        "mailadmin-web.service",
+        "mailadmin-smtpd.service",
+        "mailadmin-worker.service",
+        "mailadmin-worker@.service",
+        "mailadmin-beat.service",
+        "mailadmin-backup.service",
+        "mailadmin-partitions.service",
+    }
+    # Exactly one beat: no other unit starts a scheduler.
+    beats = [p.name for p in (ROOT / "deploy" / "systemd").glob("*.service") if " beat" in p.read_text()]
+    assert beats == ["mailadmin-beat.service"]

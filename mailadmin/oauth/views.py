@@ -20,6 +20,7 @@ from oauth2_provider.models import revoke_access_token
 from mailadmin.oauth.forms import ApplicationForm
 from mailadmin.oauth.models import AccessToken, Application
 from mailadmin.oauth.tokens import token_checksum
+from mailadmin.security import require_reauthentication
 from mailadmin.staff import audit
 
 
@@ -86,6 +87,7 @@ def application_rotate_secret(request, pk):
     if application.client_type != Application.CLIENT_CONFIDENTIAL:
         messages.error(request, "Public clients have no secret.")
         return redirect("oauth:application_detail", pk=pk)
+    require_reauthentication(request)  # a new secret is shown once: confirm who is asking
     secret = generate_client_secret()
     with transaction.atomic():
         application.client_secret = secret

@@ -10,6 +10,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from mailadmin.security import require_reauthentication
 from mailadmin.staff import audit
 from mailadmin.staff.accounts import create_staff
 from mailadmin.staff.forms import StaffForm
@@ -60,6 +61,7 @@ def staff_create(request):
     _require_superadmin(request)
     form = StaffForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        require_reauthentication(request)  # a new account with a role is a role change
         data = form.cleaned_data
         with transaction.atomic():
             user, password = create_staff(data["email"], role=data["role"], domains=data["domains"])
@@ -85,6 +87,8 @@ def staff_edit(request, pk):
         if last_superadmin and form.cleaned_data["role"] != Role.SUPERADMIN:
             form.add_error("role", "This is the last active superadmin; promote someone else first.")
         else:
+            if {"role", "domains", "all_domains"} & set(form.changed_data):
+                require_reauthentication(request)
             with transaction.atomic():
                 member = form.save()
                 changes = audit.diff(before, _snapshot(member))
@@ -100,6 +104,7 @@ def staff_edit(request, pk):
 @require_POST
 def staff_set_active(request, pk, active: bool):
     member = _get_staff_for_user(request, pk)
+    require_reauthentication(request)
     if not active and member == request.user:
         messages.error(request, "You cannot deactivate yourself.")
     elif not active and _is_last_superadmin(member):

@@ -23,6 +23,7 @@ from django.views.decorators.http import require_POST
 
 from mailadmin.accounts.forms import DomainCreateForm, DomainDeleteForm, DomainEditForm
 from mailadmin.accounts.models import Domain
+from mailadmin.security import require_reauthentication
 from mailadmin.staff import audit
 
 PAGE_SIZE = 25
@@ -41,6 +42,13 @@ def _get_domain_for_user(request, pk, *, write=False) -> Domain:
 def _require_superadmin(request):
     if not request.user.is_superadmin:
         raise PermissionDenied("Only superadmins may do this")
+
+
+def _reauthenticate_to_enable_cram(request, form):
+    # CRAM-MD5 makes the server keep a password-equivalent secret: switching it on
+    # needs a credential entered in the last few minutes (mailadmin.security).
+    if form.cleaned_data.get("cram_md5_enabled") and "cram_md5_enabled" in form.changed_data:
+        require_reauthentication(request)
 
 
 def _search(queryset, query):
@@ -76,6 +84,7 @@ def domain_create(request):
     _require_superadmin(request)
     form = DomainCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        _reauthenticate_to_enable_cram(request, form)
         try:
             with transaction.atomic():
                 domain = form.save()
@@ -95,6 +104,7 @@ def domain_edit(request, pk):
     before = audit.snapshot(domain)
     form = DomainEditForm(request.POST or None, instance=domain, user=request.user)
     if request.method == "POST" and form.is_valid():
+        _reauthenticate_to_enable_cram(request, form)
         with transaction.atomic():
             domain = form.save()
             changes = audit.diff(before, audit.snapshot(domain))
