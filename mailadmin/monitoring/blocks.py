@@ -14,6 +14,7 @@ snapshot is still reloaded from the database every FALLBACK_RELOAD_SECONDS.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import threading
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 VERSION_KEY = "monitoring:blocks:version"
 POLL_SECONDS = 0.3
+MEMO_MAX = 100_000
 FALLBACK_RELOAD_SECONDS = 5.0
 FULL_RELOAD_SECONDS = 60.0
 
@@ -57,6 +59,12 @@ def prefix_of(ip: str) -> str:
         length = getattr(settings, "MONITORING_PREFIX_V4", 24)
     else:
         length = getattr(settings, "MONITORING_PREFIX_V6", 64)
+    return _network_text(addr, length)
+
+
+@functools.lru_cache(maxsize=65536)
+def _network_text(addr, length) -> str:
+    # Every event asks this; the same addresses come back all day.
     return str(ipaddress.ip_network(f"{addr}/{length}", strict=False))
 
 
@@ -88,6 +96,8 @@ class _Snapshot:
         self.ip_users: dict[tuple[str, str], _Entry] = {}
         self.allowed: dict[str, str] = {}
         self.allowed_lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        # address → allowlist note (or None) for the loaded allowlist; replaced on every load.
+        self.allowed_memo: dict = {}
 
     def invalidate_local(self):
         """Reload at the next check (tests; a fresh database)."""
@@ -150,13 +160,22 @@ class _Snapshot:
         self.ips, self.prefixes, self.ip_users = ips, prefixes, ip_users
         self.prefix_lengths = prefix_lengths
         self.allowed, self.allowed_lengths = allowed, allowed_lengths
+        self.allowed_memo = {}
 
     def allowlist_note(self, addr) -> str | None:
+        memo = self.allowed_memo
+        if addr in memo:
+            return memo[addr]
+        found = None
         for length in self.allowed_lengths[addr.version]:
             note = self.allowed.get(str(ipaddress.ip_network(f"{addr}/{length}", strict=False)))
             if note is not None:
-                return note
-        return None
+                found = note
+                break
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        memo[addr] = found
+        return found
 
 
 _snapshot = _Snapshot()

@@ -88,6 +88,9 @@ def geoip_lookup(ip: str) -> Place:
     return Place(country=country, as_name=(result.asn_name or "")[:200])
 
 
+MEMO_MAX = 100_000
+
+
 class _NamedNetworks:
     def __init__(self):
         self._lock = threading.Lock()
@@ -96,6 +99,9 @@ class _NamedNetworks:
         self._version = None
         self.by_net: dict[str, Place] = {}
         self.lengths: dict[int, list[int]] = {4: [], 6: []}
+        # address → its named network (or None) for the loaded set: a replay asks for the
+        # same few thousand addresses again and again, each a dozen prefix parses.
+        self.memo: dict = {}
 
     def invalidate(self):
         self._loaded_at = 0.0
@@ -143,13 +149,22 @@ class _NamedNetworks:
         self.by_net = by_net
         # Most specific network first.
         self.lengths = {v: sorted(ls, reverse=True) for v, ls in lengths.items()}
+        self.memo = {}
 
     def lookup(self, addr) -> Place | None:
+        memo = self.memo
+        if addr in memo:
+            return memo[addr]
+        found = None
         for length in self.lengths[addr.version]:
             place = self.by_net.get(str(ipaddress.ip_network(f"{addr}/{length}", strict=False)))
             if place is not None:
-                return place
-        return None
+                found = place
+                break
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        memo[addr] = found
+        return found
 
 
 _named = _NamedNetworks()
