@@ -52,7 +52,7 @@ def generate(n: int):
     table = "monitoring_authevent"
     # DDL is transactional in PostgreSQL: a failed load leaves the indexes in place.
     with transaction.atomic(), connection.cursor() as cur:
-        cur.execute(f"TRUNCATE {table}, monitoring_rollup RESTART IDENTITY")
+        cur.execute(f"TRUNCATE {table}, monitoring_rollup, monitoring_hourlyrollup RESTART IDENTITY")
         cur.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname NOT LIKE %s",
             [table, "%pkey"],
@@ -107,10 +107,23 @@ def generate(n: int):
         for dim, key, domain, where in dims:
             q = rollup.format(key=key, domain=domain, where=where)
             timed(f"rollup {dim}", lambda q=q, dim=dim: cur.execute(q, [dim]))
+        # What ingest adds to the hourly rollups alongside (same SQL as the migration's backfill).
+        from mailadmin.monitoring.hourly import rebuild_sql
+
+        timed("rollup hourly (all dimensions + listener)", lambda: cur.execute(rebuild_sql()))
         # Ingest appends in time order; random generation does not. Restore that locality.
         timed("cluster events by ts", lambda: cur.execute("CLUSTER monitoring_authevent USING mon_event_ts"))
         timed("cluster rollups", lambda: cur.execute("CLUSTER monitoring_rollup USING mon_rollup_dim_minute"))
-        timed("analyze", lambda: cur.execute("ANALYZE monitoring_authevent; ANALYZE monitoring_rollup"))
+        timed(
+            "cluster hourly rollups",
+            lambda: cur.execute("CLUSTER monitoring_hourlyrollup USING mon_hourly_rollup_dim_hour"),
+        )
+        timed(
+            "analyze",
+            lambda: cur.execute(
+                "ANALYZE monitoring_authevent; ANALYZE monitoring_rollup; ANALYZE monitoring_hourlyrollup"
+            ),
+        )
 
 
 def percentiles(samples):
@@ -191,7 +204,9 @@ def main():
         events = cur.fetchone()[0]
         cur.execute("SELECT count(*) FROM monitoring_rollup")
         rollups = cur.fetchone()[0]
-    print(f"{events:,} events, {rollups:,} rollup rows", flush=True)
+        cur.execute("SELECT count(*) FROM monitoring_hourlyrollup")
+        hourly = cur.fetchone()[0]
+    print(f"{events:,} events, {rollups:,} rollup rows, {hourly:,} hourly rollup rows", flush=True)
     measure(args.repeat)
 
 

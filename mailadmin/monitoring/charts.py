@@ -25,12 +25,14 @@ from django.db import connection
 from django.db.models import Count, DateTimeField, F, Func, Max, Q, Sum
 from django.utils import timezone
 
-from mailadmin.monitoring.models import FAILURE_RESULTS, Alert, AuthEvent, Block, Result, Rollup
+from mailadmin.monitoring.hourly import parse_listener_key
+from mailadmin.monitoring.models import FAILURE_RESULTS, Alert, AuthEvent, Block, HourlyRollup, Result, Rollup
 
 log = logging.getLogger(__name__)
 
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 MINUTE = dt.timedelta(minutes=1)
+HOUR = dt.timedelta(hours=1)
 # Preset ranges: (span, bucket). Bucket sizes keep every chart between 60 and 170 points.
 PRESETS = {
     "1h": (dt.timedelta(hours=1), dt.timedelta(minutes=1)),
@@ -158,6 +160,56 @@ def _timeline_rollups(user, tr: TimeRange):
     return Rollup.objects.visible_to(user).filter(dimension=dimension, minute__gte=tr.start, minute__lt=tr.end)
 
 
+def hour_span(tr: TimeRange) -> tuple[dt.datetime, dt.datetime] | None:
+    """The whole hours inside the range (read from HourlyRollup), None if there are none.
+
+    The rest of the range (at most an hour at each end) is read from the minute rollups,
+    so sums over any range are exactly the minute rollups' sums.
+    """
+    first, last = ceil_to(tr.start, HOUR), floor_to(tr.end, HOUR)
+    return (first, last) if first < last else None
+
+
+def _rollup_pieces(tr: TimeRange):
+    """(table, time column, start, end) pieces that together cover the range once."""
+    rollup, hourly = Rollup._meta.db_table, HourlyRollup._meta.db_table
+    hours = hour_span(tr)
+    if hours is None:
+        return [(rollup, "minute", tr.start, tr.end)]
+    pieces = [(rollup, "minute", tr.start, hours[0]), (hourly, "hour", hours[0], hours[1])]
+    pieces.append((rollup, "minute", hours[1], tr.end))
+    return [p for p in pieces if p[2] < p[3]]
+
+
+def _rollup_union(dimension: str, tr: TimeRange, *, exclude_success=False, results=None):
+    """SQL (and params) of the rows `key, result, count` of one dimension over the range,
+    from hourly rows for whole hours and minute rows for the ends."""
+    quote = connection.ops.quote_name
+    parts, params = [], []
+    for table, column, start, end in _rollup_pieces(tr):
+        where = f"dimension = %s AND {quote(column)} >= %s AND {quote(column)} < %s"
+        params += [
+            dimension,
+            connection.ops.adapt_datetimefield_value(start),
+            connection.ops.adapt_datetimefield_value(end),
+        ]
+        if exclude_success:
+            where += " AND result <> %s"
+            params.append(Result.SUCCESS)
+        if results is not None:
+            where += f" AND result IN ({', '.join(['%s'] * len(results))})"
+            params += list(results)
+        # Identifiers come from model metadata; every value is a parameter.
+        parts.append(f"SELECT key, result, {quote('count')} AS n FROM {quote(table)} WHERE {where}")  # noqa: S608
+    return " UNION ALL ".join(parts), params
+
+
+def _fetch(sql, params):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
 def cache_seconds(tr: TimeRange) -> int:
     """Short ranges stay live; a 6-hour bucket need not be recomputed every 5 seconds."""
     return max(CACHE_SECONDS, min(int(tr.bucket.total_seconds()) // 60, 300))
@@ -242,7 +294,16 @@ class Table:
 
 def timeline_counts(user, tr: TimeRange) -> dict[dt.datetime, dict[str, int]]:
     """{bucket start: {result: count}}: rollups for full visibility, the domain's events otherwise."""
-    if sees_everything(user):
+    if sees_everything(user) and tr.bucket % HOUR == dt.timedelta(0):
+        # Hour-multiple buckets (aligned to the hour like every bucket): hourly rows only.
+        rows = (
+            HourlyRollup.objects.filter(dimension=Rollup.Dimension.ALL, hour__gte=tr.start, hour__lt=tr.end)
+            .annotate(bucket=DateBin(F("hour"), tr.bucket))
+            .values("bucket", "result")
+            .annotate(n=Sum("count"))
+            .order_by()
+        )
+    elif sees_everything(user):
         rows = (
             _timeline_rollups(user, tr)
             .annotate(bucket=DateBin(F("minute"), tr.bucket))
@@ -307,12 +368,14 @@ def _bar(name, title, columns, rows, value_index=-1) -> Table:
 
 def reasons(user, tr: TimeRange) -> Table:
     def compute():
-        if sees_everything(user):
-            rows = _timeline_rollups(user, tr).values("result").annotate(n=Sum("count"))
-        else:
-            rows = scoped_events(user).filter(ts__gte=tr.start, ts__lt=tr.end).values("result").annotate(n=Count("id"))
-        rows = rows.exclude(result=Result.SUCCESS).order_by("-n", "result")
         labels = dict(Result.choices)
+        if sees_everything(user):
+            union, params = _rollup_union(Rollup.Dimension.ALL, tr, exclude_success=True)
+            sql = f"SELECT result, SUM(n) AS total FROM ({union}) AS r GROUP BY result ORDER BY total DESC, result"  # noqa: S608
+            data = [[labels.get(result, result), int(n)] for result, n in _fetch(sql, params)]
+            return _bar("reasons", "Failures by reason", ["Reason", "Failures"], data)
+        rows = scoped_events(user).filter(ts__gte=tr.start, ts__lt=tr.end).values("result").annotate(n=Count("id"))
+        rows = rows.exclude(result=Result.SUCCESS).order_by("-n", "result")
         data = [[labels.get(r["result"], r["result"]), int(r["n"])] for r in rows]
         return _bar("reasons", "Failures by reason", ["Reason", "Failures"], data)
 
@@ -322,14 +385,9 @@ def reasons(user, tr: TimeRange) -> Table:
 def _failures_by(user, tr, dimension, event_field):
     """Failures per value of one dimension: rollups for full visibility, events otherwise."""
     if sees_everything(user):
-        qs = (
-            Rollup.objects.filter(dimension=dimension, minute__gte=tr.start, minute__lt=tr.end)
-            .exclude(result=Result.SUCCESS)
-            .values("key")
-            .annotate(n=Sum("count"))
-            .order_by("-n", "key")[:TOP_LIMIT]
-        )
-        return [(r["key"], int(r["n"])) for r in qs]
+        union, params = _rollup_union(dimension, tr, exclude_success=True)
+        sql = f"SELECT key, SUM(n) AS total FROM ({union}) AS r GROUP BY key ORDER BY total DESC, key LIMIT %s"  # noqa: S608
+        return [(key, int(n)) for key, n in _fetch(sql, [*params, TOP_LIMIT])]
     qs = (
         scoped_events(user)
         .filter(ts__gte=tr.start, ts__lt=tr.end)
@@ -361,18 +419,48 @@ def listeners(user, tr: TimeRange) -> Table:
     """Failures per listener port and TLS (from events: the rollups have no listener dimension)."""
 
     def compute():
-        qs = (
-            scoped_events(user)
-            .filter(ts__gte=tr.start, ts__lt=tr.end)
-            .exclude(result=Result.SUCCESS)
-            .values("listener", "tls")
-            .annotate(n=Count("id"))
-            .order_by("-n", "listener", "tls")[:TOP_LIMIT]
-        )
-        data = [[f"{r['listener'] or 'web'} {r['tls'] or 'no TLS'}", int(r["n"])] for r in qs]
+        hours = hour_span(tr) if sees_everything(user) else None
+        if hours is None:
+            qs = (
+                scoped_events(user)
+                .filter(ts__gte=tr.start, ts__lt=tr.end)
+                .exclude(result=Result.SUCCESS)
+                .values("listener", "tls")
+                .annotate(n=Count("id"))
+                .order_by("-n", "listener", "tls")[:TOP_LIMIT]
+            )
+            top = [(r["listener"], r["tls"], int(r["n"])) for r in qs]
+        else:
+            top = _listener_failures(tr, hours)
+        data = [[f"{listener or 'web'} {tls or 'no TLS'}", n] for listener, tls, n in top]
         return _bar("listeners", "Failures by listener and TLS", ["Listener / TLS", "Failures"], data)
 
     return _cached("listeners", user, tr, compute)
+
+
+def _listener_failures(tr: TimeRange, hours) -> list[tuple[int | None, str, int]]:
+    """Server-wide failures per (listener, tls): hourly rows for whole hours, events for the ends.
+
+    Few distinct pairs exist, so they are merged and ordered here, as the events query
+    orders them (count descending, then listener with the web listener last, then TLS).
+    """
+    totals: dict[tuple[int | None, str], int] = {}
+    hourly = (
+        HourlyRollup.objects.filter(dimension=HourlyRollup.LISTENER, hour__gte=hours[0], hour__lt=hours[1])
+        .exclude(result=Result.SUCCESS)
+        .values("key")
+        .annotate(n=Sum("count"))
+        .order_by()
+    )
+    for row in hourly:
+        pair = parse_listener_key(row["key"])
+        totals[pair] = totals.get(pair, 0) + int(row["n"])
+    ends = AuthEvent.objects.filter(Q(ts__gte=tr.start, ts__lt=hours[0]) | Q(ts__gte=hours[1], ts__lt=tr.end))
+    for row in ends.exclude(result=Result.SUCCESS).values("listener", "tls").annotate(n=Count("id")).order_by():
+        pair = (row["listener"], row["tls"])
+        totals[pair] = totals.get(pair, 0) + int(row["n"])
+    ordered = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0][0] is None, kv[0][0] or 0, kv[0][1]))
+    return [(listener, tls, n) for (listener, tls), n in ordered[:TOP_LIMIT] if n]
 
 
 def top_users(user, tr: TimeRange) -> Table:
@@ -429,13 +517,8 @@ def counters(user, tr: TimeRange) -> dict:
     def compute():
         series = timeline(user, tr).series
         if sees_everything(user):
-            attackers = (
-                Rollup.objects.filter(dimension=Rollup.Dimension.IP, minute__gte=tr.start, minute__lt=tr.end)
-                .filter(result__in=FAILURE_RESULTS)
-                .values("key")
-                .distinct()
-                .count()
-            )
+            union, params = _rollup_union(Rollup.Dimension.IP, tr, results=FAILURE_RESULTS)
+            attackers = _fetch(f"SELECT COUNT(DISTINCT key) FROM ({union}) AS r", params)[0][0]  # noqa: S608
         else:
             attackers = (
                 scoped_events(user)

@@ -162,6 +162,37 @@ class Rollup(models.Model):
         return f"{self.minute:%Y-%m-%d %H:%M} {self.dimension}={self.key} {self.result}: {self.count}"
 
 
+class HourlyRollup(models.Model):
+    """Per-hour counts: the same dimensions as Rollup plus "listener", maintained by ingest
+    in the same transaction as the minute rollups (mailadmin.monitoring.hourly).
+
+    Charts read these for the full hours of long ranges: a 30-day range is 720 hour
+    rows per key instead of 43,200 minute rows. dimension "listener" keys by
+    "<port>|<tls>" (port blank for the web listener); it has no minute counterpart.
+    """
+
+    LISTENER = "listener"
+
+    hour = models.DateTimeField()
+    dimension = models.CharField(max_length=10)
+    key = models.CharField(max_length=320, blank=True)
+    result = models.CharField(max_length=20, choices=Result.choices)
+    count = models.PositiveIntegerField(default=0)
+    # Domain of the username for dimension=username (for scoping); blank otherwise.
+    domain_name = models.CharField(max_length=253, blank=True)
+
+    objects = ScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["dimension", "key", "hour", "result"], name="mon_hourly_rollup_unique"),
+        ]
+        indexes = [models.Index(fields=["dimension", "hour"], name="mon_hourly_rollup_dim_hour")]
+
+    def __str__(self):
+        return f"{self.hour:%Y-%m-%d %H:00} {self.dimension}={self.key} {self.result}: {self.count}"
+
+
 class SentCount(models.Model):
     """Messages sent per mailbox per hour (from monitoring.record_messages_sent)."""
 

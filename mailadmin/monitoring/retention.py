@@ -9,7 +9,7 @@ import logging
 from django.conf import settings
 from django.utils import timezone
 
-from mailadmin.monitoring.models import AlertMailLog, AuthEvent, Rollup
+from mailadmin.monitoring.models import AlertMailLog, AuthEvent, HourlyRollup, Rollup
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ def prune(now=None, *, max_batches: int = MAX_BATCHES) -> dict:
     cutoff = now - dt.timedelta(days=settings.MONITORING_EVENT_RETENTION_DAYS)
     events = _prune(AuthEvent.objects.filter(ts__lt=cutoff).order_by(), max_batches)
     rollups = _prune(Rollup.objects.filter(minute__lt=now - dt.timedelta(days=ROLLUP_DAYS)).order_by(), max_batches)
+    hourly = HourlyRollup.objects.filter(hour__lt=now - dt.timedelta(days=ROLLUP_DAYS)).order_by()
+    rollups += _prune(hourly, max_batches)
     mails = _prune(AlertMailLog.objects.filter(sent_at__lt=now - dt.timedelta(days=30)).order_by(), max_batches)
     result = {"events": events, "rollups": rollups, "mail_log": mails}
     if any(result.values()):
