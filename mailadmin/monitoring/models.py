@@ -220,6 +220,16 @@ class NetworkKind(models.TextChoices):
     RESIDENTIAL = "residential"
 
 
+def normalise_cidr(value: str, field: str) -> str:
+    """ "192.0.2.7/24" -> "192.0.2.0/24"; a clear error at the field otherwise."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        return str(ipaddress.ip_network((value or "").strip(), strict=False))
+    except ValueError:
+        raise ValidationError({field: "Not a valid CIDR network."}) from None
+
+
 class NamedNetwork(models.Model):
     """Admin-defined CIDR with a name and kind; looked up before GeoIP."""
 
@@ -257,12 +267,7 @@ class NamedNetwork(models.Model):
         return result
 
     def clean(self):
-        from django.core.exceptions import ValidationError
-
-        try:
-            self.network = str(ipaddress.ip_network(self.network.strip(), strict=False))
-        except ValueError:
-            raise ValidationError({"network": "Not a valid CIDR network."}) from None
+        self.network = normalise_cidr(self.network, "network")
 
 
 class AllowedNetwork(models.Model):
@@ -294,12 +299,7 @@ class AllowedNetwork(models.Model):
         return result
 
     def clean(self):
-        from django.core.exceptions import ValidationError
-
-        try:
-            self.cidr = str(ipaddress.ip_network(self.cidr.strip(), strict=False))
-        except ValueError:
-            raise ValidationError({"cidr": "Not a valid CIDR network."}) from None
+        self.cidr = normalise_cidr(self.cidr, "cidr")
 
 
 class BlockQuerySet(ScopedQuerySet):
