@@ -109,7 +109,9 @@ def expected_from_events(tr):
 def test_charts_over_hourly_rollups_show_exactly_the_events(superadmin, now, preset):
     ingest(*spread_events(now))
     if preset == "custom":  # ends inside hours: hourly rows in the middle, minute rows at both ends
-        start, end = now - dt.timedelta(hours=30, minutes=17), now - dt.timedelta(hours=2, minutes=41)
+        # Anchored to the hour, so both ends stay inside hours (15-minute buckets) at any wall-clock time.
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        start, end = hour - dt.timedelta(hours=30) + dt.timedelta(minutes=20), hour - dt.timedelta(hours=3, minutes=25)
         tr = charts.custom_range(start.isoformat(), end.isoformat())
         assert tr.start.minute or tr.end.minute
     else:
