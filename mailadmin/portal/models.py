@@ -2,12 +2,15 @@
 
 from django.db import models
 
+from mailadmin import secretbox
+
 
 class OwnerSettings(models.Model):
     mailbox = models.OneToOneField("accounts.Mailbox", on_delete=models.CASCADE, related_name="owner_settings")
     notify_new_signin = models.BooleanField("email me about sign-ins from new places", default=True)
-    # Base32 TOTP secret (RFC 6238, 30 s, 6 digits); "" = no second factor.
-    totp_secret = models.CharField(max_length=64, blank=True)
+    # Base32 TOTP secret (RFC 6238, 30 s, 6 digits), sealed by mailadmin.secretbox;
+    # "" = no second factor. Read and write it through `totp_key`.
+    totp_secret = models.CharField(max_length=255, blank=True)
     totp_enabled_at = models.DateTimeField(null=True, blank=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -25,3 +28,11 @@ class OwnerSettings(models.Model):
     @property
     def has_totp(self):
         return bool(self.totp_secret)
+
+    @property
+    def totp_key(self) -> str:
+        return secretbox.unseal(self.totp_secret)
+
+    @totp_key.setter
+    def totp_key(self, value: str) -> None:
+        self.totp_secret = secretbox.seal(value)

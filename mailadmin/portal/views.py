@@ -26,6 +26,7 @@ from oauth2_provider.models import revoke_access_token
 from oauth2_provider.oauth2_backends import get_oauthlib_core
 from oauth2_provider.scopes import get_scopes_backend
 
+from mailadmin import secretbox
 from mailadmin.accounts import credentials
 from mailadmin.accounts.fingerprint import pw_fp
 from mailadmin.accounts.models import AppPassword, Mailbox
@@ -164,7 +165,7 @@ def login_totp(request):
     if request.method == "POST" and form.is_valid():
         ip = client_ip(request)
         code = form.cleaned_data["code"]
-        secret = OwnerSettings.for_mailbox(mailbox.pk).totp_secret
+        secret = OwnerSettings.for_mailbox(mailbox.pk).totp_key
         if ratelimit.is_limited(ip, mailbox.address):
             form.add_error(None, "Too many failed sign-ins. Wait a few minutes, then try again.")
             record_signin(request, username=mailbox.address, result="blocked", mechanism="WEB-TOTP")
@@ -327,12 +328,13 @@ def totp_setup(request):
     owner = OwnerSettings.for_mailbox(request.mailbox.pk)
     if owner.has_totp:
         return redirect("portal:preferences")
-    secret = request.session.get(TOTP_SETUP_KEY) or generate_totp_secret()
-    request.session[TOTP_SETUP_KEY] = secret
+    # The secret waiting for its first code is kept sealed in the session, too.
+    secret = secretbox.unseal(request.session.get(TOTP_SETUP_KEY, "")) or generate_totp_secret()
+    request.session[TOTP_SETUP_KEY] = secretbox.seal(secret)
     form = TOTPForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         if validate_totp_code(secret, form.cleaned_data["code"]):
-            owner.totp_secret = secret
+            owner.totp_key = secret
             owner.totp_enabled_at = timezone.now()
             owner.save(update_fields=["totp_secret", "totp_enabled_at", "updated"])
             request.session.pop(TOTP_SETUP_KEY, None)
@@ -351,7 +353,7 @@ def totp_setup(request):
 def totp_disable(request):
     owner = OwnerSettings.for_mailbox(request.mailbox.pk)
     form = TOTPForm(request.POST)
-    if owner.has_totp and form.is_valid() and validate_totp_code(owner.totp_secret, form.cleaned_data["code"]):
+    if owner.has_totp and form.is_valid() and validate_totp_code(owner.totp_key, form.cleaned_data["code"]):
         owner.totp_secret = ""
         owner.totp_enabled_at = None
         owner.save(update_fields=["totp_secret", "totp_enabled_at", "updated"])

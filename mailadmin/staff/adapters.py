@@ -6,7 +6,10 @@ from allauth.account.adapter import DefaultAccountAdapter
 # Internal allauth API (65.x): the per-session log of authentication steps.
 from allauth.account.internal.flows.login import get_authentication_records
 from allauth.core import context
+from allauth.mfa.adapter import DefaultMFAAdapter
 from allauth.mfa.models import Authenticator
+
+from mailadmin import secretbox
 
 
 class StaffAccountAdapter(DefaultAccountAdapter):
@@ -30,3 +33,14 @@ def _just_signed_in_without_mfa(request) -> bool:
         return False
     logins = [r for r in get_authentication_records(request, user) if r.get("method") == "password"]
     return bool(logins) and time.time() - logins[-1]["at"] < account_settings.REAUTHENTICATION_TIMEOUT
+
+
+class StaffMFAAdapter(DefaultMFAAdapter):
+    """TOTP and recovery-code seeds are stored sealed (mailadmin/secretbox.py), not in clear:
+    allauth routes every stored MFA secret through these two hooks."""
+
+    def encrypt(self, text: str) -> str:
+        return secretbox.seal(text)
+
+    def decrypt(self, encrypted_text: str) -> str:
+        return secretbox.unseal(encrypted_text)

@@ -142,7 +142,9 @@ def test_an_owner_with_totp_needs_the_code(client, alice):
     from allauth.mfa.totp.internal.auth import generate_totp_secret
 
     secret = generate_totp_secret()
-    OwnerSettings.objects.create(mailbox=alice, totp_secret=secret)
+    owner = OwnerSettings(mailbox=alice)
+    owner.totp_key = secret
+    owner.save()
     response = _login(client)
     assert response["Location"].startswith(reverse("portal:login_totp"))
     assert client.get(reverse("portal:home")).status_code == 302  # not signed in yet
@@ -163,7 +165,9 @@ def test_totp_can_be_turned_on_from_the_portal(client, alice):
     assert b"<svg" in page.content
     response = client.post(reverse("portal:totp_setup"), {"code": _totp_now(secret)})
     assert response.status_code == 302
-    assert OwnerSettings.objects.get(mailbox=alice).totp_secret == secret
+    stored = OwnerSettings.objects.get(mailbox=alice)
+    assert stored.totp_key == secret
+    assert secret not in stored.totp_secret  # sealed at rest
 
 
 # --- events --------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_no_secret_reaches_the_database_logs_broker_cache_or_spool(
 
     # --- a staff session sets passwords and creates an app password through the pages
     staff, _ = create_staff("secrets-root@staff.example", role=Role.SUPERADMIN, password=STAFF_PASSWORD)
-    add_totp(staff)
+    staff_totp = add_totp(staff)
     domain = Domain.objects.create(name="secrets.example", cram_md5_enabled=True)
     mailbox, _ = create_mailbox(domain, "carol", password=FIRST_PASSWORD)
     set_password(Mailbox.objects.get(pk=mailbox.pk), MAILBOX_PASSWORD)
@@ -278,6 +278,7 @@ def test_no_secret_reaches_the_database_logs_broker_cache_or_spool(
         "OAuth access token": access_token,
         "OAuth client secret": "Client-Secret-Walnut-62-ember",
         "staff password": STAFF_PASSWORD,
+        "staff TOTP secret": staff_totp,
     }
     found = leaks(haystacks, secrets)
     assert not found, "\n".join(found)
