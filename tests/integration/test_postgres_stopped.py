@@ -23,8 +23,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.integration.test_faults import redis_server, start_worker, wait_for  # noqa: F401 (fixture)
-from tests.integration.web import WebServer, free_port, staff_session
+from tests.integration.processes import WebServer, free_port, staff_session, start_worker, wait_for
+from tests.integration.test_faults import redis_server  # noqa: F401 (fixture)
 from tests.smtpd.conftest import (  # noqa: F401 (fixtures)
     ALICE,
     PASSWORD,

@@ -22,7 +22,8 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.test_faults import redis_server, start_worker, wait_for  # noqa: F401 (fixture)
+from tests.integration.processes import start_worker, wait_for
+from tests.integration.test_faults import redis_server  # noqa: F401 (fixture)
 from tests.smtpd.conftest import (  # noqa: F401 (fixtures)
     ALICE,
     PASSWORD,
@@ -36,7 +37,7 @@ from tests.smtpd.conftest import (  # noqa: F401 (fixtures)
 )
 from tests.smtpd.test_events import restore_unacked
 
-pytestmark = [pytest.mark.django_db, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 TOTAL = 10_000
 ROUNDS = 50
@@ -107,6 +108,7 @@ def allow_loopback(committed):  # noqa: F811
 
 
 def test_redis_killed_mid_run_every_attempt_ingested_exactly_once(
+    transactional_db,  # the 10,000 events and their rollups are flushed afterwards
     smtpd_factory,  # noqa: F811
     module_accounts,  # noqa: F811
     redis_server,  # noqa: F811
