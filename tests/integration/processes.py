@@ -213,5 +213,5 @@ class OverviewPollers:
 
     def summary(self) -> dict:
         ms = sorted(x * 1000 for x in self.latencies)
-        q = statistics.quantiles(ms, n=100) if len(ms) > 1 else ms * 99
+        q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
         return {"polls": len(ms), "errors": len(self.errors), "p50_ms": q[49], "p95_ms": q[94], "max_ms": ms[-1]}

@@ -13,6 +13,11 @@ answered 535 then 421). SMTPD_AUTH_FAIL_DELAY is lowered to 10 ms.
 
 What the client saw decides the expected counts per result; the database must
 hold exactly that many events of each, with no duplicate event id.
+
+Cost, measured on the shared 2-core machine at load average 7-11 (other test runs
+beside it): the 10,000 attempts take ~28 s (the 9,870 cheap ones ~5 s; each fresh
+TLS connection with a success ~120 ms, each three-failure session ~0.8 s), the worker
+catches up ~15 s later; ~45 s for the test body in all.
 """
 
 import base64
