@@ -20,7 +20,6 @@ import random
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,43 +34,7 @@ django.setup()
 from mailadmin.celery import app  # noqa: E402
 from mailadmin.monitoring.ingest import ingest_events  # noqa: E402
 from mailadmin.monitoring.models import Alert, AuthEvent, Block, Rollup, UserBaseline  # noqa: E402
-
-
-def make_events(n, start, rng):
-    users = [f"user{i}@bench{i % 20}.example" for i in range(5000)]
-    ips = [f"81.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}" for _ in range(2000)]
-    attacker = "45.1.2.3"
-    out = []
-    for i in range(n):
-        ts = start + timedelta(milliseconds=i * 2)
-        roll = rng.random()
-        if roll < 0.03:
-            ip, user, result, fp = attacker, rng.choice(users), "bad_credentials", rng.randrange(4096)
-        elif roll < 0.08:
-            ip, user, result, fp = rng.choice(ips), rng.choice(users), "bad_credentials", rng.randrange(4096)
-        else:
-            k = rng.randrange(len(users))
-            ip, user, result, fp = ips[k % len(ips)], users[k], "success", k % 4096
-        out.append(
-            {
-                "id": str(uuid.uuid4()),
-                "ts": ts.isoformat(),
-                "node": "bench",
-                "session_id": uuid.uuid4().hex[:16],
-                "attempt": 1,
-                "client_ip": ip,
-                "listener": 587,
-                "tls": "TLSv1.3",
-                "helo": "bench",
-                "mechanism": "PLAIN",
-                "username": user,
-                "credential": "password",
-                "result": result,
-                "pw_fp": fp,
-                "latency_ms": 5,
-            }
-        )
-    return out
+from tests.monitoring.factories import traffic  # noqa: E402
 
 
 def reset():
@@ -149,7 +112,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     rng = random.Random(7)
     start = datetime.now(UTC) - timedelta(hours=1)
-    events = make_events(args.events, start, rng)
+    events = traffic(args.events, start, rng)
     direct = in_process(events[: min(len(events), 20000)], args.batch)
     result = with_workers(events, args.batch, args.workers, args.concurrency)
     result.update(

@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from tests.integration.processes import start_worker, wait_for
 from tests.monitoring.factories import event
 from tests.smtpd.conftest import (  # noqa: F401 (fixtures)
     PASSWORD,
@@ -30,15 +31,6 @@ pytestmark = pytest.mark.integration
 BATCHES, BATCH_SIZE = 6, 1000
 
 
-def wait_for(condition, timeout=60.0, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
-
-
 def publish(env, batches, tmp_path):
     """Publish batches with the smtpd's own publisher function, from another process."""
     path = tmp_path / "batches.json"
@@ -50,22 +42,6 @@ def publish(env, batches, tmp_path):
         "    celery_sender('monitoring.ingest_auth_events', batch)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, env=env, check=True, timeout=60)
-
-
-def start_worker(env, log_path):
-    log = open(log_path, "a")  # noqa: SIM115 - kept open for the worker's life
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "mailadmin", "worker", "-Q", "ingest", "-c", "1"]
-        # One message in hand at a time: the next is fetched only after the running one is acked.
-        + ["--prefetch-multiplier", "1"]
-        + ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: SIGKILL takes the pool child too
-    )
-    return proc, log
 
 
 @pytest.fixture
