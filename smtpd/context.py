@@ -17,6 +17,8 @@ log = logging.getLogger("smtpd")
 
 PASSWORD_MECHANISMS = ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
 OAUTH_MECHANISMS = ["XOAUTH2", "OAUTHBEARER"]  # when settings.OAUTH_ENABLED
+# Threads of the cached-success pool: each job is one database read, no hashing.
+FAST_THREADS = 4
 
 
 @dataclass
@@ -93,6 +95,9 @@ class ServerContext:
         self.publisher = publisher
         self.relay = relay
         self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="smtpd-verify")
+        # AUTHs the verifier will probably answer from its success cache run here, so
+        # they never queue behind jobs waiting for an Argon2 slot (failures, cold logins).
+        self.fast_executor = ThreadPoolExecutor(FAST_THREADS, thread_name_prefix="smtpd-cached")
         self.auth_rate = RateWindow(config.auth_rate_per_ip, 60.0)
         self.proxy_networks = [ipaddress.ip_network(n, strict=False) for n in config.proxy_networks]
         self.sessions: set = set()
@@ -101,6 +106,13 @@ class ServerContext:
 
     async def run(self, fn, *args):
         return await self.loop.run_in_executor(self.executor, partial(fn, *args))
+
+    async def run_fast(self, fn, *args):
+        return await self.loop.run_in_executor(self.fast_executor, partial(fn, *args))
+
+    def shutdown(self) -> None:
+        self.fast_executor.shutdown(wait=True, cancel_futures=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def mechanisms(self) -> list[str]:
         enabled, checked = self._cram

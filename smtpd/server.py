@@ -164,7 +164,7 @@ async def run_worker(config: Config, ready=print) -> None:
     log.info("smtpd worker %d stopping: %d open sessions", config.worker_index, len(ctx.sessions))
     await drain(ctx, servers, config.drain_timeout)
     publisher.stop()
-    ctx.executor.shutdown(wait=True, cancel_futures=True)
+    ctx.shutdown()
     connections.close_all()
 
 

@@ -244,11 +244,18 @@ class _SuccessCache:
     A hit needs the hash string just read from the database to be unchanged
     and the secret's HMAC to match, so a password change is effective on the
     next attempt; state, expiry, revocation and networks are always checked
-    against the row just read. The HMAC key never leaves this process."""
+    against the row just read. The HMAC key never leaves this process.
+
+    It also remembers (address, HMAC of the secret) of recent successes, so a
+    caller can tell before any database read whether an attempt will probably
+    be answered from the cache (`probably_cached`): the smtpd sends those to a
+    pool of their own, so they never wait behind Argon2 work. That is only a
+    routing hint: verification still reads the row and checks the cache entry."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, int], tuple[str, bytes, float]] = OrderedDict()
+        self._names: OrderedDict[tuple[str, bytes], float] = OrderedDict()
         self._key = os.urandom(32)
 
     def _mac(self, secret: str) -> bytes:
@@ -266,16 +273,34 @@ class _SuccessCache:
                 return False
         return hmac.compare_digest(mac, self._mac(secret))
 
-    def put(self, key: tuple[str, int], stored_hash: str, secret: str) -> None:
+    def put(self, key: tuple[str, int], stored_hash: str, secret: str, name: str = "") -> None:
         size = settings.VERIFY_CACHE_SIZE
         if size <= 0 or settings.VERIFY_CACHE_TTL <= 0:
             return
-        entry = (stored_hash, self._mac(secret), time.monotonic())
+        mac, now = self._mac(secret), time.monotonic()
         with self._lock:
-            self._entries[key] = entry
+            self._entries[key] = (stored_hash, mac, now)
             self._entries.move_to_end(key)
             while len(self._entries) > size:
                 self._entries.popitem(last=False)
+            if name:
+                hint = (name.lower(), mac)
+                self._names[hint] = now
+                self._names.move_to_end(hint)
+                while len(self._names) > size:
+                    self._names.popitem(last=False)
+
+    def probably_cached(self, name: str, secret: str) -> bool:
+        """Whether this address and secret succeeded recently (a hint, see the class)."""
+        hint = (name.lower(), self._mac(secret))
+        with self._lock:
+            stamp = self._names.get(hint)
+            if stamp is None:
+                return False
+            if time.monotonic() - stamp > settings.VERIFY_CACHE_TTL:
+                del self._names[hint]
+                return False
+            return True
 
     def discard(self, key: tuple[str, int]) -> None:
         with self._lock:
@@ -284,6 +309,7 @@ class _SuccessCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._names.clear()
 
     def __len__(self):
         return len(self._entries)
@@ -407,14 +433,18 @@ def record_login(
 
 
 def verify_password(
-    username: str, secret: str, *, client_ip: str | None = None, mechanism: str = "PLAIN"
-) -> VerifyResult:
-    """Check a mailbox password or app password (PLAIN, LOGIN, and the web)."""
+    username: str, secret: str, *, client_ip: str | None = None, mechanism: str = "PLAIN", cache_only: bool = False
+) -> VerifyResult | None:
+    """Check a mailbox password or app password (PLAIN, LOGIN, and the web).
+
+    cache_only=True: answer only if the secret is confirmed by the success cache
+    (the row is still read and every condition checked, exactly as below), else
+    return None without any Argon2 work; the caller then calls again without it."""
     name = normalise_username(username if isinstance(username, str) else "")
     try:
         if isinstance(secret, bytes | bytearray):
             secret = bytes(secret).decode("utf-8", "surrogateescape")
-        return _verify_password(name, secret or "", _clean_ip(client_ip), mechanism)
+        return _verify_password(name, secret or "", _clean_ip(client_ip), mechanism, cache_only)
     except DatabaseError:
         logger.warning("credential check for %r failed: database error", name, exc_info=True)
         _after_database_error()
@@ -424,10 +454,22 @@ def verify_password(
         return VerifyResult(Reason.TEMP_FAILURE, name, None, "none")
 
 
-def _verify_password(name: str, secret: str, client_ip: str | None, mechanism: str) -> VerifyResult:
+def probably_cached(username: str, secret: str) -> bool:
+    """Whether verify_password(username, secret, cache_only=True) will probably
+    answer (the pair succeeded recently in this process). Cheap: no database."""
+    if not isinstance(username, str) or not isinstance(secret, str) or not secret:
+        return False
+    return success_cache.probably_cached(normalise_username(username), secret)
+
+
+def _verify_password(
+    name: str, secret: str, client_ip: str | None, mechanism: str, cache_only: bool = False
+) -> VerifyResult | None:
     app_secret = credentials.normalise_app_password(secret)
     mailbox = _find_mailbox(name)
     if mailbox is None:
+        if cache_only:
+            return None
         _dummy_verify(secret)
         if app_secret is not None:
             _dummy_verify(app_secret)  # a known mailbox would also try its app password(s)
@@ -445,6 +487,8 @@ def _verify_password(name: str, secret: str, client_ip: str | None, mechanism: s
                 matched_app, matched_app_cached = app, True
                 break
         else:
+            if cache_only and apps:
+                return None  # the full check tries every app password before the mailbox password
             for app in apps:
                 hashed = True
                 if _argon2_check(app_secret, app.password_hash):
@@ -453,9 +497,16 @@ def _verify_password(name: str, secret: str, client_ip: str | None, mechanism: s
 
     password_ok = password_cached = False
     if matched_app is None and mailbox.password_hash:
-        password_ok, password_cached = _check_secret("password", mailbox.pk, mailbox.password_hash, secret)
+        if cache_only:
+            if not success_cache.hit(("password", mailbox.pk), mailbox.password_hash, secret):
+                return None
+            password_ok = password_cached = True
+        else:
+            password_ok, password_cached = _check_secret("password", mailbox.pk, mailbox.password_hash, secret)
         hashed = hashed or not password_cached
     if not hashed and matched_app is None and not password_ok:
+        if cache_only:
+            return None
         _dummy_verify(secret)
 
     credential = f"app_password:{matched_app.pk}" if matched_app else ("password" if password_ok else "none")
@@ -467,9 +518,11 @@ def _verify_password(name: str, secret: str, client_ip: str | None, mechanism: s
             return VerifyResult(Reason.EXPIRED, name, mailbox.pk, credential)
         if not credentials.network_allowed(matched_app, client_ip):
             return VerifyResult(Reason.NETWORK_NOT_ALLOWED, name, mailbox.pk, credential)
+        if cache_only and _needs_rehash(matched_app.password_hash):
+            return None  # re-hashing is Argon2 work: the full path does it
         stored = _upgrade_app_password(matched_app, app_secret)
         if not matched_app_cached or stored != matched_app.password_hash:
-            success_cache.put(("app", matched_app.pk), stored, app_secret)
+            success_cache.put(("app", matched_app.pk), stored, app_secret, name)
         record_login(mailbox.pk, client_ip=client_ip, mechanism=mechanism, app_password_id=matched_app.pk)
         return VerifyResult(Reason.SUCCESS, name, mailbox.pk, credential)
     if not password_ok:
@@ -478,9 +531,11 @@ def _verify_password(name: str, secret: str, client_ip: str | None, mechanism: s
         return VerifyResult(Reason.APP_PASSWORD_REQUIRED, name, mailbox.pk, credential)
     if password_expired(mailbox, now):
         return VerifyResult(Reason.EXPIRED, name, mailbox.pk, credential)
+    if cache_only and _needs_rehash(mailbox.password_hash):
+        return None
     stored = _upgrade_mailbox_password(mailbox, secret)
     if not password_cached or stored != mailbox.password_hash:
-        success_cache.put(("password", mailbox.pk), stored, secret)
+        success_cache.put(("password", mailbox.pk), stored, secret, name)
     if not mailbox.has_scram or (mailbox.domain.cram_md5_enabled and not mailbox.cram_md5_state):
         credentials.add_transition_secrets(mailbox, secret)
     record_login(mailbox.pk, client_ip=client_ip, mechanism=mechanism)

@@ -394,3 +394,24 @@ def test_concurrent_verifications_from_threads(domain_a, make_mailbox, settings)
     with ThreadPoolExecutor(8) as pool:
         reasons = list(pool.map(attempt, range(16)))
     assert reasons.count(Reason.SUCCESS) == 8 and reasons.count(Reason.BAD_CREDENTIALS) == 8
+
+
+def test_cache_only_answers_only_cached_successes_and_every_change_counts(mailbox_a, django_assert_num_queries):
+    """The smtpd's fast path: never hashes; any change still takes effect at once."""
+    assert not verify.probably_cached("alice@a.example", GOOD_PASSWORD)
+    assert verify_password("alice@a.example", GOOD_PASSWORD, cache_only=True) is None  # nothing cached yet
+    assert verify_password("alice@a.example", GOOD_PASSWORD).ok
+    assert verify.probably_cached("ALICE@A.Example", GOOD_PASSWORD)
+    assert not verify.probably_cached("alice@a.example", "wrong password entirely")
+    with django_assert_num_queries(1):
+        assert verify_password("alice@a.example", GOOD_PASSWORD, cache_only=True).ok
+    assert verify_password("alice@a.example", "wrong password entirely", cache_only=True) is None
+    assert verify_password("nobody@a.example", GOOD_PASSWORD, cache_only=True) is None
+    suspend(mailbox_a, "phished")
+    assert verify_password("alice@a.example", GOOD_PASSWORD, cache_only=True).reason == Reason.SUSPENDED
+    Mailbox.objects.filter(pk=mailbox_a.pk).update(state=Mailbox.State.ACTIVE)
+    credentials.set_password(Mailbox.objects.get(pk=mailbox_a.pk), NEW_PASSWORD, enforce_policy=False)
+    # The hint is stale, the stored hash changed: no answer from the cache, the full check decides.
+    assert verify.probably_cached("alice@a.example", GOOD_PASSWORD)
+    assert verify_password("alice@a.example", GOOD_PASSWORD, cache_only=True) is None
+    assert verify_password("alice@a.example", GOOD_PASSWORD).reason == Reason.BAD_CREDENTIALS
