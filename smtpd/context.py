@@ -1,8 +1,11 @@
 """Process-wide state shared by the sessions of one smtpd worker."""
 
+import contextlib
 import ipaddress
 import logging
+import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -10,6 +13,7 @@ from functools import partial
 
 from django.conf import settings
 
+from mailadmin.accounts import credentials
 from smtpd import backend
 from smtpd.limits import RateWindow
 
@@ -19,6 +23,13 @@ PASSWORD_MECHANISMS = ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
 OAUTH_MECHANISMS = ["XOAUTH2", "OAUTHBEARER"]  # when settings.OAUTH_ENABLED
 # Threads of the cached-success pool: each job is one database read, no hashing.
 FAST_THREADS = 4
+ARGON2_NICE = 10  # added to the nice value of the Argon2 threads (Linux: per thread)
+
+
+def lower_thread_priority() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + ARGON2_NICE)
 
 
 @dataclass
@@ -98,6 +109,13 @@ class ServerContext:
         # AUTHs the verifier will probably answer from its success cache run here, so
         # they never queue behind jobs waiting for an Argon2 slot (failures, cold logins).
         self.fast_executor = ThreadPoolExecutor(FAST_THREADS, thread_name_prefix="smtpd-cached")
+        # Argon2 itself (failures, cold logins) runs on VERIFY_CONCURRENCY threads of
+        # lower CPU priority: it takes the cores only when the event loop, the cached
+        # logins and the database leave them idle. Its cost per attempt is unchanged.
+        self.argon2_executor = ThreadPoolExecutor(
+            settings.VERIFY_CONCURRENCY, thread_name_prefix="smtpd-argon2", initializer=lower_thread_priority
+        )
+        credentials.set_argon2_runner(self.argon2_executor)
         self.auth_rate = RateWindow(config.auth_rate_per_ip, 60.0)
         self.proxy_networks = [ipaddress.ip_network(n, strict=False) for n in config.proxy_networks]
         self.sessions: set = set()
@@ -113,6 +131,8 @@ class ServerContext:
     def shutdown(self) -> None:
         self.fast_executor.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True, cancel_futures=True)
+        credentials.set_argon2_runner(None)
+        self.argon2_executor.shutdown(wait=True, cancel_futures=True)
 
     async def mechanisms(self) -> list[str]:
         enabled, checked = self._cram

@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -273,3 +274,19 @@ def test_a_cached_success_is_answered_while_failures_wait_for_argon2(smtpd_facto
     before = sum(1 for at, _ in answered if at < success_at)
     # Behind them in one FIFO it would wait for at least 6 of the 8 (2 threads, 1 Argon2 slot).
     assert before <= 2, f"{before} failures were answered before the cached success"
+
+
+def test_argon2_runs_on_lower_priority_threads(smtpd_factory, accounts):
+    """Argon2 work (here: a wrong password) runs on threads niced by ARGON2_NICE;
+    the event loop's thread keeps the process's priority."""
+    from smtpd.context import ARGON2_NICE
+
+    server = smtpd_factory(VERIFY_CONCURRENCY=1)
+    client = RawClient(server, "tls")
+    client.cmd("EHLO client.test")
+    assert client.cmd(f"AUTH PLAIN {plain(ALICE, WRONG_PASSWORD)}").startswith("535 5.7.8")
+    tasks = Path(f"/proc/{server.proc.pid}/task")
+    nice = {int(t.name): int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks.iterdir()}
+    base = nice[server.proc.pid]
+    assert sorted(n - base for n in nice.values()).count(ARGON2_NICE) == 1  # VERIFY_CONCURRENCY threads
+    assert all(n in (base, base + ARGON2_NICE) for n in nice.values())
