@@ -23,13 +23,15 @@ PASSWORD_MECHANISMS = ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
 OAUTH_MECHANISMS = ["XOAUTH2", "OAUTHBEARER"]  # when settings.OAUTH_ENABLED
 # Threads of the cached-success pool: each job is one database read, no hashing.
 FAST_THREADS = 4
-ARGON2_NICE = 10  # added to the nice value of the Argon2 threads (Linux: per thread)
 
 
 def lower_thread_priority() -> None:
+    """Raise this thread's nice value by SMTPD_ARGON2_NICE (Linux: per thread)."""
+    if settings.SMTPD_ARGON2_NICE <= 0:
+        return
     with contextlib.suppress(OSError, AttributeError):
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + ARGON2_NICE)
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + settings.SMTPD_ARGON2_NICE)
 
 
 @dataclass
@@ -106,8 +108,9 @@ class ServerContext:
         self.publisher = publisher
         self.relay = relay
         self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="smtpd-verify")
-        # AUTHs the verifier will probably answer from its success cache run here, so
-        # they never queue behind jobs waiting for an Argon2 slot (failures, cold logins).
+        # Short database-only jobs run here, so they never queue behind jobs waiting for
+        # an Argon2 slot (failures, cold logins): AUTHs the verifier will probably answer
+        # from its success cache, the sender check, the allowlist and CRAM-MD5 flags.
         self.fast_executor = ThreadPoolExecutor(FAST_THREADS, thread_name_prefix="smtpd-cached")
         # Argon2 itself (failures, cold logins) runs on VERIFY_CONCURRENCY threads of
         # lower CPU priority: it takes the cores only when the event loop, the cached
@@ -138,7 +141,7 @@ class ServerContext:
         enabled, checked = self._cram
         if time.monotonic() - checked > self.CRAM_CHECK_INTERVAL:
             try:
-                enabled = await self.run(backend.cram_md5_enabled)
+                enabled = await self.run_fast(backend.cram_md5_enabled)
             except Exception as exc:  # database down: keep the last answer
                 log.warning("cannot tell whether CRAM-MD5 is enabled: %s", type(exc).__name__)
             self._cram = (enabled, time.monotonic())

@@ -400,7 +400,7 @@ class SubmissionSMTP(SMTP):
             return "538 5.7.11 Encryption required for requested authentication mechanism", "tls_required", None
         if mechanism not in await self.ctx.mechanisms():
             return "504 5.5.4 Unrecognized authentication type", "malformed", None
-        if not self.ctx.auth_rate.hit(self.client_ip) and not await self.ctx.run(
+        if not self.ctx.auth_rate.hit(self.client_ip) and not await self.ctx.run_fast(
             backend.is_allowlisted, self.client_ip
         ):
             return R_RATE, "blocked", None
@@ -531,7 +531,7 @@ class SubmissionSMTP(SMTP):
         if outcome.reason != "success":
             return self._reply_for(outcome)
         await self._challenge(server_final)  # the client answers with an empty line
-        await self.ctx.run(backend.record_login, outcome.mailbox_id, self.client_ip, "SCRAM-SHA-256")
+        await self.ctx.run_fast(backend.record_login, outcome.mailbox_id, self.client_ip, "SCRAM-SHA-256")
         return self._reply_for(outcome)
 
     async def _auth_xoauth2(self, initial, event):
@@ -600,7 +600,7 @@ class SubmissionSMTP(SMTP):
             await self.push("555 5.5.4 Unsupported MAIL parameters")
             return
         try:
-            allowed, over_limit = await self.ctx.run(backend.sender_check, self.identity.mailbox_id, address)
+            allowed, over_limit = await self.ctx.run_fast(backend.sender_check, self.identity.mailbox_id, address)
         except Exception as exc:
             log.error("session %s: sender check failed: %s", self.session_id, type(exc).__name__)
             await self.push("451 4.3.0 Temporary failure, try again later")

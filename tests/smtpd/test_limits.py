@@ -240,9 +240,10 @@ def test_disabled_mailbox_cannot_send(smtpd_server, accounts):
 
 
 def test_a_cached_success_is_answered_while_failures_wait_for_argon2(smtpd_factory, accounts):
-    """Successes the verifier can answer from its cache have a thread pool of their
-    own: with every verify thread busy with (deliberately slow) Argon2 checks of
-    failures, a repeat login is still answered before almost all of them."""
+    """Successes the verifier can answer from its cache (and sender checks) have a
+    thread pool of their own: with every verify thread busy with (deliberately slow)
+    Argon2 checks of failures, a repeat login and its MAIL FROM are still answered
+    before almost all of them."""
     server = smtpd_factory(
         SMTPD_THREADS=2,
         VERIFY_CONCURRENCY=1,
@@ -267,6 +268,8 @@ def test_a_cached_success_is_answered_while_failures_wait_for_argon2(smtpd_facto
         thread.start()
     time.sleep(0.2)  # the failures are queued in the server
     assert fast.cmd(f"AUTH PLAIN {plain()}") == "235 2.7.0 Authentication successful"
+    # The sender check (a database read) does not wait behind them either.
+    assert fast.cmd(f"MAIL FROM:<{ALICE}>") == "250 2.1.0 Sender OK"
     success_at = time.monotonic()
     for thread in threads:
         thread.join(60)
@@ -277,11 +280,10 @@ def test_a_cached_success_is_answered_while_failures_wait_for_argon2(smtpd_facto
 
 
 def test_argon2_runs_on_lower_priority_threads(smtpd_factory, accounts):
-    """Argon2 work (here: a wrong password) runs on threads niced by ARGON2_NICE;
+    """Argon2 work (here: a wrong password) runs on threads niced by SMTPD_ARGON2_NICE;
     the event loop's thread keeps the process's priority."""
-    from smtpd.context import ARGON2_NICE
-
-    server = smtpd_factory(VERIFY_CONCURRENCY=1)
+    ARGON2_NICE = 7
+    server = smtpd_factory(VERIFY_CONCURRENCY=1, SMTPD_ARGON2_NICE=ARGON2_NICE)
     client = RawClient(server, "tls")
     client.cmd("EHLO client.test")
     assert client.cmd(f"AUTH PLAIN {plain(ALICE, WRONG_PASSWORD)}").startswith("535 5.7.8")
