@@ -324,6 +324,9 @@ SMTPD_DRAIN_TIMEOUT = env_int("SMTPD_DRAIN_TIMEOUT", 30, minimum=0)
 # successes queued behind them, so the pool is much larger than the Argon2 bound.
 # Each thread may hold one database connection: size PostgreSQL max_connections.
 SMTPD_THREADS = env_int("SMTPD_THREADS", 32, minimum=1)
+# Argon2 threads of the smtpd run this much nicer than the rest of the process, so
+# failures and first logins never slow the event loop or cached logins (0: off).
+SMTPD_ARGON2_NICE = env_int("SMTPD_ARGON2_NICE", 10, minimum=0)
 SMTPD_WORKERS = env_int("SMTPD_WORKERS", 1, minimum=1)
 SMTPD_METRICS_LISTEN = env_str("SMTPD_METRICS_LISTEN", "127.0.0.1:9587" if DEBUG else "")
 SMTPD_SPOOL_DIR = env_str("SMTPD_SPOOL_DIR", str(VAR_DIR / "smtpd-spool"))

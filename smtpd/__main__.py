@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     workers = options.workers or settings.SMTPD_WORKERS
     if workers > 1:
-        passthrough = [] if options.metrics_listen is None else ["--metrics-listen", options.metrics_listen]
-        return serve_workers(config, workers, passthrough)
+        return serve_workers(config, workers)
     serve(config)
     return 0
 

@@ -69,16 +69,29 @@ def is_allowlisted(client_ip: str) -> bool:
     return bool(check_source(client_ip, None).allowlisted)
 
 
-@_job
-def verify_password(client_ip: str, username: str, secret: str, mechanism: str) -> Outcome:
+def _password_outcome(client_ip: str, username: str, secret: str, mechanism: str, cache_only: bool):
     from mailadmin.accounts.verify import normalise_username, verify_password
 
     username = normalise_username(username)
     blocked = _blocked(client_ip, username)
     if blocked:
         return blocked
-    result = verify_password(username, secret, client_ip=client_ip, mechanism=mechanism)
+    result = verify_password(username, secret, client_ip=client_ip, mechanism=mechanism, cache_only=cache_only)
+    if result is None:
+        return None
     return Outcome(str(result.reason), result.username or username, result.mailbox_id, result.credential or "none")
+
+
+@_job
+def verify_password(client_ip: str, username: str, secret: str, mechanism: str) -> Outcome:
+    return _password_outcome(client_ip, username, secret, mechanism, cache_only=False)
+
+
+@_job
+def verify_cached_password(client_ip: str, username: str, secret: str, mechanism: str) -> Outcome | None:
+    """The fast path (its own thread pool): blocks, then the verifier answering only
+    from its success cache, never hashing; None means "ask verify_password"."""
+    return _password_outcome(client_ip, username, secret, mechanism, cache_only=True)
 
 
 @_job

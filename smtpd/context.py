@@ -1,8 +1,11 @@
 """Process-wide state shared by the sessions of one smtpd worker."""
 
+import contextlib
 import ipaddress
 import logging
+import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -10,6 +13,7 @@ from functools import partial
 
 from django.conf import settings
 
+from mailadmin.accounts import credentials
 from smtpd import backend
 from smtpd.limits import RateWindow
 
@@ -17,6 +21,17 @@ log = logging.getLogger("smtpd")
 
 PASSWORD_MECHANISMS = ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
 OAUTH_MECHANISMS = ["XOAUTH2", "OAUTHBEARER"]  # when settings.OAUTH_ENABLED
+# Threads of the cached-success pool: each job is one database read, no hashing.
+FAST_THREADS = 4
+
+
+def lower_thread_priority() -> None:
+    """Raise this thread's nice value by SMTPD_ARGON2_NICE (Linux: per thread)."""
+    if settings.SMTPD_ARGON2_NICE <= 0:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + settings.SMTPD_ARGON2_NICE)
 
 
 @dataclass
@@ -93,6 +108,17 @@ class ServerContext:
         self.publisher = publisher
         self.relay = relay
         self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="smtpd-verify")
+        # Short database-only jobs run here, so they never queue behind jobs waiting for
+        # an Argon2 slot (failures, cold logins): AUTHs the verifier will probably answer
+        # from its success cache, the sender check, the allowlist and CRAM-MD5 flags.
+        self.fast_executor = ThreadPoolExecutor(FAST_THREADS, thread_name_prefix="smtpd-cached")
+        # Argon2 itself (failures, cold logins) runs on VERIFY_CONCURRENCY threads of
+        # lower CPU priority: it takes the cores only when the event loop, the cached
+        # logins and the database leave them idle. Its cost per attempt is unchanged.
+        self.argon2_executor = ThreadPoolExecutor(
+            settings.VERIFY_CONCURRENCY, thread_name_prefix="smtpd-argon2", initializer=lower_thread_priority
+        )
+        credentials.set_argon2_runner(self.argon2_executor)
         self.auth_rate = RateWindow(config.auth_rate_per_ip, 60.0)
         self.proxy_networks = [ipaddress.ip_network(n, strict=False) for n in config.proxy_networks]
         self.sessions: set = set()
@@ -102,11 +128,20 @@ class ServerContext:
     async def run(self, fn, *args):
         return await self.loop.run_in_executor(self.executor, partial(fn, *args))
 
+    async def run_fast(self, fn, *args):
+        return await self.loop.run_in_executor(self.fast_executor, partial(fn, *args))
+
+    def shutdown(self) -> None:
+        self.fast_executor.shutdown(wait=True, cancel_futures=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        credentials.set_argon2_runner(None)
+        self.argon2_executor.shutdown(wait=True, cancel_futures=True)
+
     async def mechanisms(self) -> list[str]:
         enabled, checked = self._cram
         if time.monotonic() - checked > self.CRAM_CHECK_INTERVAL:
             try:
-                enabled = await self.run(backend.cram_md5_enabled)
+                enabled = await self.run_fast(backend.cram_md5_enabled)
             except Exception as exc:  # database down: keep the last answer
                 log.warning("cannot tell whether CRAM-MD5 is enabled: %s", type(exc).__name__)
             self._cram = (enabled, time.monotonic())

@@ -1,24 +1,26 @@
 """Listeners, TLS, worker processes and graceful shutdown.
 
 One worker is one asyncio process serving every listener. With --workers N the
-parent reserves the ports (bound, not listening, SO_REUSEPORT) and starts N
-worker processes that each listen on the same ports; the kernel spreads
-connections over them. SIGTERM: stop accepting, let open sessions finish for
+parent reserves the ports (bound, not listening, SO_REUSEPORT), imports what the
+workers need and forks N worker processes that each listen on the same ports;
+the kernel spreads connections over them. SIGTERM: stop accepting, let open sessions finish for
 up to SMTPD_DRAIN_TIMEOUT seconds, answer the rest 421, flush auth events.
 """
 
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import datetime
+import gc
 import ipaddress
 import logging
 import os
+import select
 import signal
 import socket
 import ssl
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -164,7 +166,7 @@ async def run_worker(config: Config, ready=print) -> None:
     log.info("smtpd worker %d stopping: %d open sessions", config.worker_index, len(ctx.sessions))
     await drain(ctx, servers, config.drain_timeout)
     publisher.stop()
-    ctx.executor.shutdown(wait=True, cancel_futures=True)
+    ctx.shutdown()
     connections.close_all()
 
 
@@ -184,8 +186,10 @@ async def drain(ctx: ServerContext, servers, timeout: float) -> None:
 # asyncio gives every TLS connection a zero-filled 256 KiB read buffer (sslproto
 # SSLProtocol.max_size), resident for the life of the connection: 1,000 idle TLS
 # sessions cost 250 MiB. A TLS record is at most 16 KiB, so 32 KiB loses nothing.
-TLS_READ_BUFFER = 32 * 1024
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+TLS_READ_BUFFER = 16 * 1024
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameters
+M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
 
 
 def limit_memory_growth() -> None:
@@ -197,21 +201,63 @@ def limit_memory_growth() -> None:
     # Argon2 buffers (19 MiB each) come from the verify threads' arenas and stay
     # resident (+150 MiB per worker). A fixed threshold keeps them mmapped: freed
     # buffers go back to the system.
+    # Each of the ~36 threads would otherwise get a malloc arena of its own (up to 8 per
+    # core), each keeping its freed memory: two arenas hold a worker's growth under load.
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, ready=None) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-connection chatter
     limit_memory_growth()
-    asyncio.run(run_worker(config, ready=lambda line: print(line, flush=True)))
+    asyncio.run(run_worker(config, ready=ready or (lambda line: print(line, flush=True))))
 
 
 # --- several workers ---
 
 
-def serve_workers(config: Config, workers: int, argv: list[str]) -> int:
-    """Reserve the ports, start `workers` copies of this program, forward SIGTERM, wait."""
+def _preload() -> None:
+    """Import what a worker imports while serving, before forking, so the workers
+    share those pages with the parent instead of each loading its own copy."""
+    import aiosmtpd.smtp  # noqa: F401
+    import argon2  # noqa: F401
+    import prometheus_client  # noqa: F401
+
+    import mailadmin.accounts.verify  # noqa: F401
+    import mailadmin.monitoring.blocks  # noqa: F401
+    import mailadmin.monitoring.models  # noqa: F401
+    import smtpd.backend  # noqa: F401
+    import smtpd.limits  # noqa: F401
+
+
+def _run_child(config: Config, index: int, resolved: dict, reserved: list, ready_fd: int) -> None:
+    """The forked worker: serve, then leave without running the parent's code."""
+    code = 1
+    try:
+        for sock in reserved:
+            sock.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        worker = dataclasses.replace(
+            config, worker_index=index, listen=resolved["starttls"], tls_listen=resolved["tls"]
+        )
+        serve(worker, ready=lambda line: os.write(ready_fd, (line + "\n").encode()))
+        code = 0
+    except BaseException:
+        log.exception("smtpd worker %d failed", index)
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def serve_workers(config: Config, workers: int) -> int:
+    """Reserve the ports, fork `workers` worker processes, forward SIGTERM, wait.
+
+    The workers are forked after Django and the server code are imported (and the
+    garbage collector told to leave those objects alone), so their memory pages are
+    shared with the parent and each other until written: measured in bench/README.md."""
     reserved, resolved = [], {"starttls": [], "tls": []}
     for kind, addresses in (("starttls", config.listen), ("tls", config.tls_listen)):
         for address in addresses:
@@ -223,20 +269,30 @@ def serve_workers(config: Config, workers: int, argv: list[str]) -> int:
                 continue
             reserved.append(sock)
             resolved[kind].append(format_address(host, sock.getsockname()[1]))
+    _preload()
+    connections.close_all()  # nothing the workers could share by accident
+    gc.collect()
+    gc.freeze()  # the collector would otherwise touch (and so copy) every shared object
+    ready_r, ready_w = os.pipe()
     children = []
     for index in range(workers):
-        args = [sys.executable, "-m", "smtpd", *argv, "--worker-index", str(index), "--workers", "1"]
-        args += ["--listen", ",".join(resolved["starttls"]) or "-", "--tls-listen", ",".join(resolved["tls"]) or "-"]
-        children.append(subprocess.Popen(args, stdout=subprocess.PIPE, text=True))
-    metrics = []
-    for child in children:
-        line = child.stdout.readline()
-        if "ready" not in line:
-            for other in children:
-                other.terminate()
-            log.error("an smtpd worker failed to start")
-            return 1
-        metrics.append(line.split("metrics=")[1].split()[0])
+        pid = os.fork()
+        if pid == 0:
+            os.close(ready_r)
+            _run_child(config, index, resolved, reserved, ready_w)
+        children.append(pid)
+    os.close(ready_w)
+    lines = _ready_lines(ready_r, children, workers)
+    if lines is None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):  # already reaped
+                os.waitpid(pid, 0)
+        log.error("an smtpd worker failed to start")
+        return 1
+    metrics = [line.split("metrics=")[1].split()[0] for line in lines]
     print(
         f"smtpd ready: starttls={','.join(resolved['starttls'])} tls={','.join(resolved['tls'])} "
         f"metrics={','.join(metrics)} workers={workers} pid={os.getpid()}",
@@ -244,13 +300,40 @@ def serve_workers(config: Config, workers: int, argv: list[str]) -> int:
     )
 
     def forward(signum, frame):
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+    codes = []
+    for pid in children:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
+                continue
+        codes.append(os.waitstatus_to_exitcode(status))
     for sock in reserved:
         sock.close()
-    return max(codes, default=0)
+    return max((abs(code) for code in codes), default=0)
+
+
+def _ready_lines(fd: int, children: list[int], workers: int, timeout: float = 120) -> list[str] | None:
+    """Each worker's ready line, or None when one exits (or none come) first."""
+    buffer, lines = b"", []
+    deadline = time.monotonic() + timeout
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        while len(lines) < workers and time.monotonic() < deadline:
+            readable, _, _ = select.select([pipe], [], [], 0.5)
+            if readable:
+                chunk = pipe.read(4096)
+                buffer += chunk
+                *done, buffer = buffer.split(b"\n")
+                lines += [line.decode() for line in done if b"ready" in line]
+                if chunk:
+                    continue
+            if any(os.waitpid(pid, os.WNOHANG)[0] for pid in children):
+                return None
+    return lines if len(lines) == workers else None

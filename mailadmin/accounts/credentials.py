@@ -77,9 +77,34 @@ def argon2_slot():
         yield
 
 
-def hash_secret(raw: str) -> str:
+# A long-running server may hand the Argon2 computations to threads of its own
+# (the smtpd runs them at a lower CPU priority, so they never slow its event loop
+# or the cached logins); None: they run in the calling thread.
+_argon2_runner = None
+
+
+def set_argon2_runner(executor) -> None:
+    """Run every Argon2 computation of this process on `executor` (None: inline)."""
+    global _argon2_runner
+    _argon2_runner = executor
+
+
+def run_argon2(fn, *args):
+    """fn(*args) within an Argon2 slot, on the runner's threads if one is set.
+    The caller waits for the result either way (the time spent is unchanged)."""
+    runner = _argon2_runner
+    if runner is None:
+        return _in_slot(fn, *args)
+    return runner.submit(_in_slot, fn, *args).result()
+
+
+def _in_slot(fn, *args):
     with argon2_slot():
-        return make_password(raw, hasher=HASHER)
+        return fn(*args)
+
+
+def hash_secret(raw: str) -> str:
+    return run_argon2(make_password, raw, None, HASHER)
 
 
 # --- SASLprep and SCRAM-SHA-256 ---------------------------------------------------------

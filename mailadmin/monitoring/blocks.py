@@ -115,7 +115,12 @@ class _Snapshot:
         now = time.monotonic()
         if now - self._polled_at < POLL_SECONDS:
             return
-        with self._lock:
+        # One thread polls; the others go on with the snapshot they have (as they would
+        # have a moment earlier) instead of queueing behind its cache round trip. Until
+        # the first load there is nothing to go on with: everyone waits for it.
+        if not self._lock.acquire(blocking=not self._loaded_at):
+            return
+        try:
             if now - self._polled_at < POLL_SECONDS:
                 return
             self._polled_at = now
@@ -130,6 +135,8 @@ class _Snapshot:
                 self._load()
                 self._version = version
                 self._loaded_at = now
+        finally:
+            self._lock.release()
 
     def _load(self):
         from mailadmin.monitoring.models import AllowedNetwork, Block

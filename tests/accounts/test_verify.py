@@ -323,6 +323,52 @@ def test_cached_success_costs_one_query(mailbox_a, django_assert_num_queries):
         assert verify_password("alice@a.example", GOOD_PASSWORD, client_ip="192.0.2.1").ok
 
 
+def test_mailbox_lookup_matches_the_orm(domain_a, domain_b, make_mailbox):
+    """The one-statement lookup on the AUTH path returns what the ORM returns:
+    every field, the domain, and the maximum password age in force."""
+    from django.db.models import OuterRef, Subquery, Value
+    from django.db.models.functions import Coalesce, Lower
+
+    make_mailbox(domain_a, "Alice")
+    make_mailbox(domain_b, "bob")
+    suspend(Mailbox.objects.get(local_part="bob"), "phished")
+
+    def orm(domain_name, local):
+        domain_policy = PasswordPolicy.objects.filter(domain=OuterRef("domain")).values("max_age_days")[:1]
+        global_policy = PasswordPolicy.objects.filter(domain__isnull=True).values("max_age_days")[:1]
+        return (
+            Mailbox.objects.select_related("domain")
+            .annotate(
+                local_lower=Lower("local_part"),
+                policy_max_age_days=Coalesce(Subquery(domain_policy), Subquery(global_policy), Value(0)),
+            )
+            .filter(domain__name=domain_name, local_lower=local.lower())
+            .first()
+        )
+
+    def same(domain_name, local):
+        expected, got = orm(domain_name, local), verify._find_mailbox(f"{local}@{domain_name}")
+        if expected is None:
+            return got is None
+        fields = [f.attname for f in Mailbox._meta.concrete_fields]
+        domain_fields = [f.attname for f in type(expected.domain)._meta.concrete_fields]
+        return (
+            [getattr(got, f) for f in fields] == [getattr(expected, f) for f in fields]
+            and [getattr(got.domain, f) for f in domain_fields] == [getattr(expected.domain, f) for f in domain_fields]
+            and got.policy_max_age_days == expected.policy_max_age_days
+            and got.address == expected.address
+        )
+
+    cases = [("a.example", "alice"), ("a.example", "ALICE"), ("b.example", "bob"), ("a.example", "nobody")]
+    assert all(same(*case) for case in cases)
+    PasswordPolicy.objects.update_or_create(domain=None, defaults={"max_age_days": 30})
+    assert all(same(*case) for case in cases)
+    PasswordPolicy.objects.create(domain=domain_a, max_age_days=10)
+    assert all(same(*case) for case in cases)
+    assert verify._find_mailbox("alice@a.example").policy_max_age_days == 10
+    assert verify._find_mailbox("bob@b.example").policy_max_age_days == 30
+
+
 def test_domain_policy_max_age_is_used(mailbox_a, domain_a):
     PasswordPolicy.objects.create(domain=domain_a, max_age_days=10)
     Mailbox.objects.filter(pk=mailbox_a.pk).update(password_changed_at=timezone.now() - timedelta(days=11))
@@ -348,3 +394,24 @@ def test_concurrent_verifications_from_threads(domain_a, make_mailbox, settings)
     with ThreadPoolExecutor(8) as pool:
         reasons = list(pool.map(attempt, range(16)))
     assert reasons.count(Reason.SUCCESS) == 8 and reasons.count(Reason.BAD_CREDENTIALS) == 8
+
+
+def test_cache_only_answers_only_cached_successes_and_every_change_counts(mailbox_a, django_assert_num_queries):
+    """The smtpd's fast path: never hashes; any change still takes effect at once."""
+    assert not verify.probably_cached("alice@a.example", GOOD_PASSWORD)
+    assert verify_password("alice@a.example", GOOD_PASSWORD, cache_only=True) is None  # nothing cached yet
+    assert verify_password("alice@a.example", GOOD_PASSWORD).ok
+    assert verify.probably_cached("ALICE@A.Example", GOOD_PASSWORD)
+    assert not verify.probably_cached("alice@a.example", "wrong password entirely")
+    with django_assert_num_queries(1):
+        assert verify_password("alice@a.example", GOOD_PASSWORD, cache_only=True).ok
+    assert verify_password("alice@a.example", "wrong password entirely", cache_only=True) is None
+    assert verify_password("nobody@a.example", GOOD_PASSWORD, cache_only=True) is None
+    suspend(mailbox_a, "phished")
+    assert verify_password("alice@a.example", GOOD_PASSWORD, cache_only=True).reason == Reason.SUSPENDED
+    Mailbox.objects.filter(pk=mailbox_a.pk).update(state=Mailbox.State.ACTIVE)
+    credentials.set_password(Mailbox.objects.get(pk=mailbox_a.pk), NEW_PASSWORD, enforce_policy=False)
+    # The hint is stale, the stored hash changed: no answer from the cache, the full check decides.
+    assert verify.probably_cached("alice@a.example", GOOD_PASSWORD)
+    assert verify_password("alice@a.example", GOOD_PASSWORD, cache_only=True) is None
+    assert verify_password("alice@a.example", GOOD_PASSWORD).reason == Reason.BAD_CREDENTIALS

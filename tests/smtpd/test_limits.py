@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -236,3 +237,58 @@ def test_disabled_mailbox_cannot_send(smtpd_server, accounts):
     client = RawClient(smtpd_server, "tls")
     client.cmd("EHLO client.test")
     assert client.cmd(f"AUTH PLAIN {plain()}") == "535 5.7.8 Authentication credentials invalid"
+
+
+def test_a_cached_success_is_answered_while_failures_wait_for_argon2(smtpd_factory, accounts):
+    """Successes the verifier can answer from its cache (and sender checks) have a
+    thread pool of their own: with every verify thread busy with (deliberately slow)
+    Argon2 checks of failures, a repeat login and its MAIL FROM are still answered
+    before almost all of them."""
+    server = smtpd_factory(
+        SMTPD_THREADS=2,
+        VERIFY_CONCURRENCY=1,
+        SMTPD_AUTH_FAIL_DELAY=0,
+        SMTP_ARGON2_MEMORY_COST=32768,  # the dummy hash for unknown users: ~0.1 s or more each
+        SMTP_ARGON2_TIME_COST=3,
+    )
+    assert authed(server).cmd("QUIT").startswith("221")  # alice's secret is now in the cache
+    failing = [RawClient(server, "tls") for _ in range(8)]
+    fast = RawClient(server, "tls")
+    for client in [*failing, fast]:
+        client.cmd("EHLO client.test")
+    answered: list[tuple[float, str]] = []
+
+    def fail(i, client):
+        client.send(f"AUTH PLAIN {plain(f'nobody{i}@send.example', WRONG_PASSWORD)}\r\n")
+        reply = client.reply()
+        answered.append((time.monotonic(), reply))
+
+    threads = [threading.Thread(target=fail, args=(i, c)) for i, c in enumerate(failing)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)  # the failures are queued in the server
+    assert fast.cmd(f"AUTH PLAIN {plain()}") == "235 2.7.0 Authentication successful"
+    # The sender check (a database read) does not wait behind them either.
+    assert fast.cmd(f"MAIL FROM:<{ALICE}>") == "250 2.1.0 Sender OK"
+    success_at = time.monotonic()
+    for thread in threads:
+        thread.join(60)
+    assert len(answered) == 8 and all(reply.startswith("535 5.7.8") for _, reply in answered)
+    before = sum(1 for at, _ in answered if at < success_at)
+    # Behind them in one FIFO it would wait for at least 6 of the 8 (2 threads, 1 Argon2 slot).
+    assert before <= 2, f"{before} failures were answered before the cached success"
+
+
+def test_argon2_runs_on_lower_priority_threads(smtpd_factory, accounts):
+    """Argon2 work (here: a wrong password) runs on threads niced by SMTPD_ARGON2_NICE;
+    the event loop's thread keeps the process's priority."""
+    ARGON2_NICE = 7
+    server = smtpd_factory(VERIFY_CONCURRENCY=1, SMTPD_ARGON2_NICE=ARGON2_NICE)
+    client = RawClient(server, "tls")
+    client.cmd("EHLO client.test")
+    assert client.cmd(f"AUTH PLAIN {plain(ALICE, WRONG_PASSWORD)}").startswith("535 5.7.8")
+    tasks = Path(f"/proc/{server.proc.pid}/task")
+    nice = {int(t.name): int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks.iterdir()}
+    base = nice[server.proc.pid]
+    assert sorted(n - base for n in nice.values()).count(ARGON2_NICE) == 1  # VERIFY_CONCURRENCY threads
+    assert all(n in (base, base + ARGON2_NICE) for n in nice.values())
