@@ -430,9 +430,16 @@ def record_login(
             AppPassword.objects.filter(pk=app_password_id).exclude(
                 last_used_at__gt=now - LAST_USE_WRITE_INTERVAL, last_used_ip=ip, last_used_mechanism=mechanism
             ).update(last_used_at=now, last_used_ip=ip, last_used_mechanism=mechanism)
-    except DatabaseError:
-        logger.warning("could not record a login for mailbox %s", mailbox_id, exc_info=True)
+    except DatabaseError as exc:
+        logger.warning("could not record a login for mailbox %s: %s", mailbox_id, _describe(exc))
         _after_database_error()
+
+
+def _describe(exc: DatabaseError) -> str:
+    """One log line per failed attempt during an outage, not a traceback each: the
+    error's class and first line say what is wrong (the server is down, a timeout)."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"database error {type(exc).__name__}: {first}" if first else f"database error {type(exc).__name__}"
 
 
 # --- verify_password --------------------------------------------------------------------
@@ -451,8 +458,8 @@ def verify_password(
         if isinstance(secret, bytes | bytearray):
             secret = bytes(secret).decode("utf-8", "surrogateescape")
         return _verify_password(name, secret or "", _clean_ip(client_ip), mechanism, cache_only)
-    except DatabaseError:
-        logger.warning("credential check for %r failed: database error", name, exc_info=True)
+    except DatabaseError as exc:
+        logger.warning("credential check for %r failed: %s", name, _describe(exc))
         _after_database_error()
         return VerifyResult(Reason.TEMP_FAILURE, name, None, "none")
     except Exception:
@@ -621,8 +628,8 @@ def scram_lookup(username: str, *, client_ip: str | None = None) -> ScramLookup:
             bytes(mailbox.scram_stored_key),
             bytes(mailbox.scram_server_key),
         )
-    except DatabaseError:
-        logger.warning("SCRAM lookup for %r failed: database error", name, exc_info=True)
+    except DatabaseError as exc:
+        logger.warning("SCRAM lookup for %r failed: %s", name, _describe(exc))
         _after_database_error()
         return _fake_scram(Reason.TEMP_FAILURE, name, None)
     except Exception:
@@ -650,8 +657,8 @@ def cram_lookup(username: str, *, client_ip: str | None = None) -> CramLookup:
             return CramLookup(reason, name, mailbox.pk)
         state = credentials.decrypt_cram_state(mailbox.cram_md5_state)
         return CramLookup(Reason.SUCCESS, name, mailbox.pk, state, ip)
-    except DatabaseError:
-        logger.warning("CRAM-MD5 lookup for %r failed: database error", name, exc_info=True)
+    except DatabaseError as exc:
+        logger.warning("CRAM-MD5 lookup for %r failed: %s", name, _describe(exc))
         _after_database_error()
         return CramLookup(Reason.TEMP_FAILURE, name, None)
     except Exception:
