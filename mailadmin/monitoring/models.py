@@ -287,15 +287,15 @@ class AllowedNetwork(models.Model):
 
     def save(self, *args, **kwargs):
         super().save(*args, **kwargs)
-        from mailadmin.monitoring.blocks import bump_version
+        from mailadmin.monitoring.blocks import announce_change
 
-        bump_version()
+        announce_change()
 
     def delete(self, *args, **kwargs):
         result = super().delete(*args, **kwargs)
-        from mailadmin.monitoring.blocks import bump_version
+        from mailadmin.monitoring.blocks import announce_change
 
-        bump_version()
+        announce_change()
         return result
 
     def clean(self):
@@ -345,15 +345,15 @@ class Block(models.Model):
         if self.kind == self.Kind.IP_USER and not self.domain_name:
             self.domain_name = domain_of(self.username)
         super().save(*args, **kwargs)
-        from mailadmin.monitoring.blocks import bump_version
+        from mailadmin.monitoring.blocks import announce_change
 
-        bump_version()
+        announce_change()
 
     def delete(self, *args, **kwargs):
         result = super().delete(*args, **kwargs)
-        from mailadmin.monitoring.blocks import bump_version
+        from mailadmin.monitoring.blocks import announce_change
 
-        bump_version()
+        announce_change()
         return result
 
     def is_active(self, now=None):
