@@ -5,9 +5,20 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.signals import worker_init
 from django.db import DatabaseError, InterfaceError
 
 log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def preload_geoip(**kwargs):
+    """Load the offline GeoIP data in the worker's main process, before the pool forks:
+    every child shares it instead of loading it (0.5-2 s) inside its first batch, which
+    made the first detections after a worker (re)start the slowest (bench/latency.py)."""
+    from mailadmin.monitoring.enrich import _geoip_reader
+
+    _geoip_reader()
 
 
 # Safe to repeat (idempotent insert), so acks_late: a worker killed mid-batch loses nothing.

@@ -90,3 +90,19 @@ def test_a_worker_ingests_a_published_batch_once_and_blocks_the_attacker(worker)
     assert AuthEvent.objects.count() == 12
     assert Alert.objects.filter(rule="ip_bruteforce", severity="high").count() == 1
     assert Block.objects.filter(kind="ip", value="203.0.113.66").exists()
+
+
+def test_the_worker_loads_geoip_before_forking_its_pool():
+    """worker_init (main process, before the prefork pool starts): the GeoIP data is loaded
+    there, so no child spends its first batch loading it."""
+    code = (
+        "import django; django.setup()\n"
+        "from celery.signals import worker_init\n"
+        "from mailadmin.celery import app\n"
+        "from mailadmin.monitoring import enrich\n"
+        "app.loader.init_worker()\n"  # what WorkController does first: imports the tasks modules
+        "assert enrich._geoip is None\n"
+        "worker_init.send(sender=None)\n"
+        "assert enrich._geoip, enrich._geoip\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ), check=True, timeout=60)
