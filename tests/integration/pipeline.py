@@ -189,12 +189,39 @@ def attack(port: int, source_ip: str, username: str, passwords: list[str], per_c
     return replies
 
 
-def wait_until_blocked(port: int, source_ip: str, username: str, password: str, timeout: float, step: float = 0.05):
-    """AUTH from source_ip until the smtpd answers 454; returns (monotonic time of that reply, reply) or None."""
+def wait_until_blocked(port: int, source_ip: str, username: str, password: str, timeout: float, step: float = 0.02):
+    """AUTH from source_ip until the smtpd answers 454; returns (monotonic time of that reply, reply) or None.
+
+    Probes over one connection while the server allows (SMTPD_MAX_AUTH_FAILURES), then a new one."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ((code, text),) = auth_plain(port, source_ip, username, [password], helo="attacker.test") or [(0, "")]
-        if code == 454:
-            return time.monotonic(), f"{code} {text}"
-        time.sleep(step)
-    return None
+    client = None
+    try:
+        while time.monotonic() < deadline:
+            if client is None:
+                client = smtplib.SMTP_SSL(
+                    "127.0.0.1", port, source_address=(source_ip, 0), context=_context(), timeout=10
+                )
+                client.ehlo("attacker.test")
+            client.user, client.password = username, password
+            try:
+                code, text = client.auth("PLAIN", client.auth_plain)
+            except smtplib.SMTPAuthenticationError as exc:
+                code, text = exc.smtp_code, exc.smtp_error
+            except smtplib.SMTPServerDisconnected:
+                client.close()
+                client = None
+                continue
+            if code == 454:
+                return time.monotonic(), f"{code} {text.decode(errors='replace')}"
+            if code == 235:  # the right password, still let in: the next probe needs a new session
+                with suppress(smtplib.SMTPException, OSError):
+                    client.quit()
+                client.close()
+                client = None
+            time.sleep(step)
+        return None
+    finally:
+        if client is not None:
+            with suppress(smtplib.SMTPException, OSError):
+                client.quit()
+            client.close()
