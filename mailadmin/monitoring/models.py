@@ -211,6 +211,16 @@ class SentCount(models.Model):
         return f"{self.username} {self.hour:%Y-%m-%d %H:00}: {self.count}"
 
 
+class SentItem(models.Model):
+    """The id of every sent-count item already counted: a redelivered batch adds nothing."""
+
+    item_id = models.UUIDField(unique=True)
+    received = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return str(self.item_id)
+
+
 class NetworkKind(models.TextChoices):
     OFFICE = "office"
     TRUSTED = "trusted"

@@ -39,14 +39,16 @@ def ingest_auth_events(events):
     return ingest_events(events).as_dict()
 
 
+# Safe to repeat too (item ids are stored with the counts, in one transaction), so acks_late.
 @shared_task(
     name="monitoring.record_messages_sent",
+    acks_late=True,
     autoretry_for=(DatabaseError, InterfaceError),
     retry_backoff=2,
     max_retries=10,
 )
 def record_messages_sent(items):
-    from mailadmin.monitoring.ingest import record_sent
+    from mailadmin.monitoring.sent import record_sent
 
     return record_sent(items if isinstance(items, list) else [])
 
