@@ -702,6 +702,12 @@ class SubmissionSMTP(SMTP):
         MESSAGES.inc()
         self.ctx.publisher.publish(
             MESSAGES_SENT_TASK,
-            {"username": self.identity.username, "ts": datetime.now(UTC).isoformat(), "count": 1},
+            # The id makes the count idempotent when the batch is delivered twice.
+            {
+                "id": str(uuid.uuid4()),
+                "username": self.identity.username,
+                "ts": datetime.now(UTC).isoformat(),
+                "count": 1,
+            },
         )
         await self.push(f"250 2.0.0 Message accepted for delivery id {self.session_id}")

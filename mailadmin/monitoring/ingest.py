@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from mailadmin.monitoring import enrich, hourly
 from mailadmin.monitoring.blocks import prefix_of
-from mailadmin.monitoring.models import AuthEvent, Result, Rollup, SentCount, domain_of
+from mailadmin.monitoring.models import AuthEvent, Result, Rollup, domain_of
 
 log = logging.getLogger(__name__)
 
@@ -342,28 +342,3 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
     if report.invalid:
         log.warning("auth event batch: %s", report.as_dict())
     return report
-
-
-def record_sent(items) -> int:
-    """Hourly per-mailbox sent counts: [{"username", "ts", "count"}]."""
-    from django.db.models import F
-
-    stored = 0
-    for item in items or []:
-        try:
-            username = str(item["username"]).strip().lower()[:320]
-            hour = parse_ts(item["ts"]).replace(minute=0, second=0, microsecond=0)
-            count = int(item.get("count", 1))
-            if not username or count < 0:
-                raise InvalidEvent("username or count")
-        except (KeyError, TypeError, ValueError, InvalidEvent) as exc:
-            log.warning("sent-count item rejected: %s", exc)
-            continue
-        with transaction.atomic():
-            obj, created = SentCount.objects.select_for_update().get_or_create(
-                username=username, hour=hour, defaults={"count": count, "domain_name": domain_of(username)}
-            )
-            if not created:
-                SentCount.objects.filter(pk=obj.pk).update(count=F("count") + count)
-        stored += 1
-    return stored

@@ -211,6 +211,16 @@ class SentCount(models.Model):
         return f"{self.username} {self.hour:%Y-%m-%d %H:00}: {self.count}"
 
 
+class SentItem(models.Model):
+    """The id of every sent-count item already counted: a redelivered batch adds nothing."""
+
+    item_id = models.UUIDField(unique=True)
+    received = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return str(self.item_id)
+
+
 class NetworkKind(models.TextChoices):
     OFFICE = "office"
     TRUSTED = "trusted"
@@ -287,15 +297,15 @@ class AllowedNetwork(models.Model):
 
     def save(self, *args, **kwargs):
         super().save(*args, **kwargs)
-        from mailadmin.monitoring.blocks import bump_version
+        from mailadmin.monitoring.blocks import announce_change
 
-        bump_version()
+        announce_change()
 
     def delete(self, *args, **kwargs):
         result = super().delete(*args, **kwargs)
-        from mailadmin.monitoring.blocks import bump_version
+        from mailadmin.monitoring.blocks import announce_change
 
-        bump_version()
+        announce_change()
         return result
 
     def clean(self):
@@ -345,15 +355,15 @@ class Block(models.Model):
         if self.kind == self.Kind.IP_USER and not self.domain_name:
             self.domain_name = domain_of(self.username)
         super().save(*args, **kwargs)
-        from mailadmin.monitoring.blocks import bump_version
+        from mailadmin.monitoring.blocks import announce_change
 
-        bump_version()
+        announce_change()
 
     def delete(self, *args, **kwargs):
         result = super().delete(*args, **kwargs)
-        from mailadmin.monitoring.blocks import bump_version
+        from mailadmin.monitoring.blocks import announce_change
 
-        bump_version()
+        announce_change()
         return result
 
     def is_active(self, now=None):

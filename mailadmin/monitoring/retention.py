@@ -9,7 +9,7 @@ import logging
 from django.conf import settings
 from django.utils import timezone
 
-from mailadmin.monitoring.models import AlertMailLog, AuthEvent, HourlyRollup, Rollup
+from mailadmin.monitoring.models import AlertMailLog, AuthEvent, HourlyRollup, Rollup, SentItem
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ def prune(now=None, *, max_batches: int = MAX_BATCHES) -> dict:
     hourly = HourlyRollup.objects.filter(hour__lt=now - dt.timedelta(days=ROLLUP_DAYS)).order_by()
     rollups += _prune(hourly, max_batches)
     mails = _prune(AlertMailLog.objects.filter(sent_at__lt=now - dt.timedelta(days=30)).order_by(), max_batches)
-    result = {"events": events, "rollups": rollups, "mail_log": mails}
+    # Ids of counted sent-count items: a redelivery comes within hours; kept as long as events.
+    sent_ids = _prune(SentItem.objects.filter(received__lt=cutoff).order_by(), max_batches)
+    result = {"events": events, "rollups": rollups, "mail_log": mails, "sent_ids": sent_ids}
     if any(result.values()):
         log.info("retention: pruned %s", result)
     return result

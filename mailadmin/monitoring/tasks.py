@@ -5,9 +5,20 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.signals import worker_init
 from django.db import DatabaseError, InterfaceError
 
 log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def preload_geoip(**kwargs):
+    """Load the offline GeoIP data in the worker's main process, before the pool forks:
+    every child shares it instead of loading it (0.5-2 s) inside its first batch, which
+    made the first detections after a worker (re)start the slowest (bench/latency.py)."""
+    from mailadmin.monitoring.enrich import _geoip_reader
+
+    _geoip_reader()
 
 
 # Safe to repeat (idempotent insert), so acks_late: a worker killed mid-batch loses nothing.
@@ -28,14 +39,16 @@ def ingest_auth_events(events):
     return ingest_events(events).as_dict()
 
 
+# Safe to repeat too (item ids are stored with the counts, in one transaction), so acks_late.
 @shared_task(
     name="monitoring.record_messages_sent",
+    acks_late=True,
     autoretry_for=(DatabaseError, InterfaceError),
     retry_backoff=2,
     max_retries=10,
 )
 def record_messages_sent(items):
-    from mailadmin.monitoring.ingest import record_sent
+    from mailadmin.monitoring.sent import record_sent
 
     return record_sent(items if isinstance(items, list) else [])
 

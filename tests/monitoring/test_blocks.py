@@ -77,3 +77,25 @@ def test_a_block_made_elsewhere_is_seen_within_a_second():
     while not check_source("203.0.113.77", None).blocked:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_that_polls_before_the_commit_still_sees_the_block_after_it():
+    """The detectors create blocks inside their transaction; Block.save bumps the stamp
+    before the commit. A process that polls in between reloads without the block and must
+    still see it right after the commit, not at the next full reload a minute later."""
+    from django.db import transaction
+
+    from tests.smtpd.conftest import committed_call
+
+    with transaction.atomic():
+        Block.objects.create(
+            kind="ip", value="203.0.113.88", reason="x", expires_at=timezone.now() + dt.timedelta(hours=1)
+        )
+        # "Another process" (its own connection) polls now: it cannot see the row yet.
+        time.sleep(blocks.POLL_SECONDS)
+        assert not committed_call(check_source, "203.0.113.88", None).blocked
+    deadline = time.monotonic() + 1.0
+    while not committed_call(check_source, "203.0.113.88", None).blocked:
+        assert time.monotonic() < deadline, "the committed block was not picked up"
+        time.sleep(0.05)

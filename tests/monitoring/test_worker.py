@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,46 @@ def test_a_worker_ingests_a_published_batch_once_and_blocks_the_attacker(worker)
     assert AuthEvent.objects.count() == 12
     assert Alert.objects.filter(rule="ip_bruteforce", severity="high").count() == 1
     assert Block.objects.filter(kind="ip", value="203.0.113.66").exists()
+
+
+def test_the_worker_loads_geoip_before_forking_its_pool():
+    """worker_init (main process, before the prefork pool starts): the GeoIP data is loaded
+    there, so no child spends its first batch loading it."""
+    code = (
+        "import django; django.setup()\n"
+        "from celery.signals import worker_init\n"
+        "from mailadmin.celery import app\n"
+        "from mailadmin.monitoring import enrich\n"
+        "app.loader.init_worker()\n"  # what WorkController does first: imports the tasks modules
+        "assert enrich._geoip is None\n"
+        "worker_init.send(sender=None)\n"
+        "assert enrich._geoip, enrich._geoip\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ), check=True, timeout=60)
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_sent_counts_from_a_redelivered_batch_are_counted_once(worker):
+    from django.utils import timezone
+
+    from mailadmin.celery import app
+    from mailadmin.monitoring.models import SentCount
+
+    now = timezone.now()
+    batch = [
+        {"id": str(uuid.uuid4()), "username": "Ann@a.example", "ts": now.isoformat(), "count": 1} for _ in range(5)
+    ]
+    app.send_task("monitoring.record_messages_sent", args=[batch], queue="ingest")
+    app.send_task("monitoring.record_messages_sent", args=[batch], queue="ingest")  # delivered again
+    later = [{"id": str(uuid.uuid4()), "username": "ann@a.example", "ts": now.isoformat(), "count": 2}]
+    app.send_task("monitoring.record_messages_sent", args=[later + batch[:2]], queue="ingest")  # partly repeated
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and SentCount.objects.filter(username="ann@a.example", count=7).count() != 1:
+        assert worker.poll() is None, worker.stdout.read()
+        time.sleep(0.2)
+    time.sleep(1.0)  # every copy has been processed
+    assert list(SentCount.objects.values_list("username", "hour", "count", "domain_name")) == [
+        ("ann@a.example", hour, 7, "a.example")
+    ]
