@@ -293,6 +293,7 @@ CELERY_TASK_ROUTES = {
     "monitoring.prune_events": {"queue": "ingest"},
     "monitoring.send_alert_email": {"queue": "alerts"},
     "monitoring.send_digests": {"queue": "alerts"},
+    "monitoring.send_owner_notice": {"queue": "alerts"},
 }
 CELERY_BEAT_SCHEDULE = {
     **globals().get("CELERY_BEAT_SCHEDULE", {}),
