@@ -113,6 +113,7 @@ def descendants(pids) -> set[int]:
                     parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
+    pids = list(pids)
     found, todo = set(pids), list(pids)
     while todo:
         parent = todo.pop()
