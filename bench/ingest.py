@@ -153,11 +153,12 @@ def in_process(events, batch):
     return {"rate": round(len(events) / elapsed), "per_cpu_second": round(len(events) / cpu), "cpu_seconds": cpu}
 
 
-def with_workers(events, batch, workers, concurrency):
+def with_workers(events, batch, workers, concurrency, pool="prefork", log_path=None):
     reset()
     client = app.connection_for_write().default_channel.client
     client.delete("ingest")
     env = dict(os.environ)
+    log = open(log_path, "a") if log_path else subprocess.DEVNULL  # noqa: SIM115
     procs = [
         subprocess.Popen(
             [
@@ -171,18 +172,20 @@ def with_workers(events, batch, workers, concurrency):
                 "ingest",
                 "-c",
                 str(concurrency),
+                "--pool",
+                pool,
                 "-n",
                 f"bench{w}@%h",
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
                 "--loglevel",
-                "WARNING",
+                "INFO" if log_path else "WARNING",
             ],
             cwd=ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         for w in range(workers)
     ]
@@ -209,6 +212,8 @@ def with_workers(events, batch, workers, concurrency):
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+        if log_path:
+            log.close()
     return {
         "rate": len(events) / elapsed,
         "seconds": elapsed,
@@ -226,7 +231,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--pool", default="prefork", help="prefork, or solo (one task at a time per worker)")
     parser.add_argument("--no-in-process", dest="in_process", action="store_false")
+    parser.add_argument("--worker-log", help="append the workers' output (INFO: retries, deadlocks) to this file")
     args = parser.parse_args()
     rng = random.Random(7)
     start = datetime.now(UTC) - timedelta(hours=1)
@@ -235,12 +242,13 @@ if __name__ == "__main__":
     direct = in_process(events[: min(len(events), 20000)], args.batch) if args.in_process else {}
     result = {"stored": len(events)}  # --workers 0: in-process only
     if args.workers:
-        result = with_workers(events, args.batch, args.workers, args.concurrency)
+        result = with_workers(events, args.batch, args.workers, args.concurrency, args.pool, args.worker_log)
     result.update(
         events=args.events,
         batch=args.batch,
         workers=args.workers,
         concurrency=args.concurrency,
+        pool=args.pool,
         in_process_rate=direct.get("rate"),
         in_process_per_cpu_second=direct.get("per_cpu_second"),
         load_average_before=load_before,

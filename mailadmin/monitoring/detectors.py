@@ -159,9 +159,12 @@ def classify_and_learn(rows: list[dict]) -> None:
     if not rows:
         return
     params = rule_settings()
+    claimed = _claim_new_baselines(rows)
     baselines = {
         b.username: b for b in UserBaseline.objects.select_for_update().filter(username__in=users).order_by("username")
     }
+    for user in claimed:  # placeholders only: judged as "no baseline yet", exactly as before
+        del baselines[user]
     failing_known = [u for u in {r["username"] for r in rows if _is_failure(r)} if u in baselines]
     recent_pairs = set()
     if failing_known:
@@ -211,6 +214,33 @@ def classify_and_learn(rows: list[dict]) -> None:
         if row["pw_fp"] is not None:
             recent_pairs.add(pair)
     _save_baselines([baselines[u] for u in sorted(changed)])
+
+
+def _claim_new_baselines(rows) -> set[str]:
+    """Lock order for concurrent workers (no deadlocks): insert an empty row for every user
+    with a success in the batch that has no baseline yet, in sorted order, BEFORE locking
+    the existing rows. Otherwise a baseline another worker created and committed after our
+    SELECT … FOR UPDATE was locked only at _save_baselines, out of order, and two workers
+    could wait for each other. Returns the users whose placeholder this transaction
+    inserted; _save_baselines overwrites every column of them.
+    """
+    from django.db import connection
+
+    users = sorted({r["username"] for r in rows if r["result"] == Result.SUCCESS and r["username"]})
+    if not users or connection.vendor != "postgresql":
+        return set()
+    from mailadmin.monitoring.ingest import bound_cursor
+
+    table = connection.ops.quote_name(UserBaseline._meta.db_table)
+    with bound_cursor() as cursor:
+        # Identifiers come from model metadata; every value is a parameter.
+        cursor.execute(
+            f"INSERT INTO {table} (username, domain_name, success_count, countries, asns, prefixes, "  # noqa: S608
+            "last_place_ip, success_fps) SELECT u, '', 0, '[]'::jsonb, '[]'::jsonb, '[]'::jsonb, '', '[]'::jsonb "
+            "FROM unnest(%b::text[]) AS u ON CONFLICT (username) DO NOTHING RETURNING username",
+            [users],
+        )
+        return {username for (username,) in cursor.fetchall()}
 
 
 def _save_baselines(objs):
