@@ -2,7 +2,7 @@
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/mailadmin_monitoring_bench \
     CELERY_BROKER_URL=redis://127.0.0.1:6379/11 CACHE_URL=redis://127.0.0.1:6379/12 \
-    SECRET_KEY=... python bench/ingest.py --events 100000 --batch 500 --workers 2
+    SECRET_KEY=... python bench/ingest.py --events 100000 --batch 2000 --workers 1
 
 Publishes batches by task name (as the smtpd does) to the `ingest` queue,
 starts `celery -A mailadmin worker -Q ingest` processes, and measures from the
@@ -10,7 +10,12 @@ first publish until every event is in the database (0 lost is checked). Also
 reports the in-process rate of ingest_events() without the broker. The traffic
 mix is realistic: mostly successes of many users from many addresses, a few
 percent failures (typos, stale clients) and an ongoing brute force, so the
-detectors do real work. It DELETES the monitoring tables of its database.
+detectors do real work. It TRUNCATES the monitoring tables of its database.
+
+Besides events per second it reports events per CPU-second: the CPU used by
+the ingesting process (or the workers and their pool processes) and by their
+PostgreSQL backends, read from /proc — on a shared machine that is the figure
+that does not depend on what else runs.
 """
 
 import argparse
@@ -31,30 +36,92 @@ import django  # noqa: E402
 
 django.setup()
 
+from django.db import connection  # noqa: E402
+
 from mailadmin.celery import app  # noqa: E402
 from mailadmin.monitoring.ingest import ingest_events  # noqa: E402
-from mailadmin.monitoring.models import Alert, AuthEvent, Block, Rollup, UserBaseline  # noqa: E402
+from mailadmin.monitoring.models import Alert, AuthEvent, Block, HourlyRollup, Rollup, UserBaseline  # noqa: E402
 from tests.monitoring.factories import traffic  # noqa: E402
 
 
 def reset():
-    for model in (Block, Alert, AuthEvent, Rollup, UserBaseline):
-        model.objects.all().delete()
+    models = (Block, Alert, AuthEvent, Rollup, HourlyRollup, UserBaseline)
+    if connection.vendor != "postgresql":
+        for model in models:
+            model.objects.all().delete()
+        return
+    # TRUNCATE, not DELETE: every run starts from empty, unbloated tables with fresh
+    # planner statistics (this server runs with autovacuum off).
+    tables = ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {tables} CASCADE")
+        cursor.execute(f"ANALYZE {tables}")
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def descendants(pids) -> set[int]:
+    """The processes and all their children (a prefork worker's pool processes)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    pids = list(pids)
+    found, todo = set(pids), list(pids)
+    while todo:
+        parent = todo.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                todo.append(pid)
+    return found
+
+
+def database_backends(exclude_self=True) -> set[int]:
+    """PostgreSQL server processes connected to this database (their CPU is ingest's)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            + (" AND pid <> pg_backend_pid()" if exclude_self else "")
+        )
+        return {pid for (pid,) in cursor.fetchall()}
 
 
 def in_process(events, batch):
+    """Events per second and per CPU-second (this process + its PostgreSQL backend)."""
     reset()
+    backend = database_backends(exclude_self=False) & {connection.connection.info.backend_pid}
+    pg_before = sum(cpu_seconds(p) for p in backend)
+    cpu_before = time.process_time()
     started = time.monotonic()
     for i in range(0, len(events), batch):
         ingest_events(events[i : i + batch], notify=False)
-    return len(events) / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    cpu = time.process_time() - cpu_before + sum(cpu_seconds(p) for p in backend) - pg_before
+    return {"rate": round(len(events) / elapsed), "per_cpu_second": round(len(events) / cpu), "cpu_seconds": cpu}
 
 
-def with_workers(events, batch, workers, concurrency):
+def with_workers(events, batch, workers, concurrency, pool="prefork", log_path=None):
     reset()
     client = app.connection_for_write().default_channel.client
     client.delete("ingest")
     env = dict(os.environ)
+    log = open(log_path, "a") if log_path else subprocess.DEVNULL  # noqa: SIM115
     procs = [
         subprocess.Popen(
             [
@@ -68,23 +135,27 @@ def with_workers(events, batch, workers, concurrency):
                 "ingest",
                 "-c",
                 str(concurrency),
+                "--pool",
+                pool,
                 "-n",
                 f"bench{w}@%h",
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
                 "--loglevel",
-                "WARNING",
+                "INFO" if log_path else "WARNING",
             ],
             cwd=ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         for w in range(workers)
     ]
     try:
         time.sleep(6)  # workers up
+        pg_before = {pid: cpu_seconds(pid) for pid in database_backends()}
+        workers_before = {pid: cpu_seconds(pid) for pid in descendants(p.pid for p in procs)}
         started = time.monotonic()
         for i in range(0, len(events), batch):
             app.send_task("monitoring.ingest_auth_events", args=[events[i : i + batch]], queue="ingest")
@@ -94,13 +165,27 @@ def with_workers(events, batch, workers, concurrency):
                 break
             time.sleep(0.2)
         elapsed = time.monotonic() - started
+        # CPU used meanwhile by the workers (and their pool processes) and by their PostgreSQL
+        # backends: a load-independent figure on a shared machine (the broker's is not counted).
+        worker_cpu = sum(cpu_seconds(p) - workers_before.get(p, 0.0) for p in descendants(p.pid for p in procs))
+        pg_cpu = sum(cpu_seconds(p) - pg_before.get(p, 0.0) for p in database_backends())
         stored = AuthEvent.objects.count()
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
-    return {"rate": len(events) / elapsed, "seconds": elapsed, "publish_seconds": published, "stored": stored}
+        if log_path:
+            log.close()
+    return {
+        "rate": len(events) / elapsed,
+        "seconds": elapsed,
+        "publish_seconds": published,
+        "stored": stored,
+        "worker_cpu_seconds": round(worker_cpu, 1),
+        "postgres_cpu_seconds": round(pg_cpu, 1),
+        "per_cpu_second": round(len(events) / (worker_cpu + pg_cpu)) if worker_cpu + pg_cpu else None,
+    }
 
 
 if __name__ == "__main__":
@@ -109,21 +194,31 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--pool", default="prefork", help="prefork, or solo (one task at a time per worker)")
+    parser.add_argument("--no-in-process", dest="in_process", action="store_false")
+    parser.add_argument("--worker-log", help="append the workers' output (INFO: retries, deadlocks) to this file")
     args = parser.parse_args()
     rng = random.Random(7)
     start = datetime.now(UTC) - timedelta(hours=1)
     events = traffic(args.events, start, rng)
-    direct = in_process(events[: min(len(events), 20000)], args.batch)
-    result = with_workers(events, args.batch, args.workers, args.concurrency)
+    load_before = os.getloadavg()
+    direct = in_process(events[: min(len(events), 20000)], args.batch) if args.in_process else {}
+    result = {"stored": len(events)}  # --workers 0: in-process only
+    if args.workers:
+        result = with_workers(events, args.batch, args.workers, args.concurrency, args.pool, args.worker_log)
     result.update(
         events=args.events,
         batch=args.batch,
         workers=args.workers,
         concurrency=args.concurrency,
-        in_process_rate=round(direct),
+        pool=args.pool,
+        in_process_rate=direct.get("rate"),
+        in_process_per_cpu_second=direct.get("per_cpu_second"),
+        load_average_before=load_before,
         lost=args.events - result["stored"],
         load_average=os.getloadavg(),
         cpus=os.cpu_count(),
     )
-    result["rate"] = round(result["rate"])
+    if "rate" in result:
+        result["rate"] = round(result["rate"])
     print(json.dumps(result, indent=2, default=str))

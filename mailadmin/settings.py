@@ -189,6 +189,10 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Celery's Django fixup closes the database connection before and after every task unless
+# this is set: a new PostgreSQL session (fork, auth, cold catalog caches) per ingest batch.
+# mailadmin/celery.py applies Django's own rule instead (CONN_MAX_AGE, drop broken connections).
+CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- i18n, static ---

@@ -19,12 +19,13 @@ The pipeline per ingested batch (see ingest.ingest_events):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections import Counter, defaultdict
 
 from django.db import IntegrityError, transaction
-from django.db.models import CharField, Count, Min, Q, Sum, Value
+from django.db.models import CharField, Count, JSONField, Min, Q, Sum, Value
 from django.db.models.functions import Cast, Concat
 
 from mailadmin.monitoring import geo
@@ -158,9 +159,12 @@ def classify_and_learn(rows: list[dict]) -> None:
     if not rows:
         return
     params = rule_settings()
+    claimed = _claim_new_baselines(rows)
     baselines = {
         b.username: b for b in UserBaseline.objects.select_for_update().filter(username__in=users).order_by("username")
     }
+    for user in claimed:  # placeholders only: judged as "no baseline yet", exactly as before
+        del baselines[user]
     failing_known = [u for u in {r["username"] for r in rows if _is_failure(r)} if u in baselines]
     recent_pairs = set()
     if failing_known:
@@ -212,6 +216,33 @@ def classify_and_learn(rows: list[dict]) -> None:
     _save_baselines([baselines[u] for u in sorted(changed)])
 
 
+def _claim_new_baselines(rows) -> set[str]:
+    """Lock order for concurrent workers (no deadlocks): insert an empty row for every user
+    with a success in the batch that has no baseline yet, in sorted order, BEFORE locking
+    the existing rows. Otherwise a baseline another worker created and committed after our
+    SELECT … FOR UPDATE was locked only at _save_baselines, out of order, and two workers
+    could wait for each other. Returns the users whose placeholder this transaction
+    inserted; _save_baselines overwrites every column of them.
+    """
+    from django.db import connection
+
+    users = sorted({r["username"] for r in rows if r["result"] == Result.SUCCESS and r["username"]})
+    if not users or connection.vendor != "postgresql":
+        return set()
+    from mailadmin.monitoring.ingest import bound_cursor
+
+    table = connection.ops.quote_name(UserBaseline._meta.db_table)
+    with bound_cursor() as cursor:
+        # Identifiers come from model metadata; every value is a parameter.
+        cursor.execute(
+            f"INSERT INTO {table} (username, domain_name, success_count, countries, asns, prefixes, "  # noqa: S608
+            "last_place_ip, success_fps) SELECT u, '', 0, '[]'::jsonb, '[]'::jsonb, '[]'::jsonb, '', '[]'::jsonb "
+            "FROM unnest(%b::text[]) AS u ON CONFLICT (username) DO NOTHING RETURNING username",
+            [users],
+        )
+        return {username for (username,) in cursor.fetchall()}
+
+
 def _save_baselines(objs):
     """One INSERT … ON CONFLICT DO UPDATE for every baseline touched by the batch."""
     if not objs:
@@ -225,6 +256,26 @@ def _save_baselines(objs):
     updates = ", ".join(
         f"{connection.ops.quote_name(f.column)} = EXCLUDED.{connection.ops.quote_name(f.column)}" for f in fields[1:]
     )
+    conflict = f"ON CONFLICT (username) DO UPDATE SET {updates}"
+    if connection.vendor == "postgresql":
+        from mailadmin.monitoring.ingest import bound_cursor
+
+        # One binary array parameter per column (server-side binding): cheap to send and to
+        # parse. JSON columns go as their text (one C json.dumps each) and are cast by the server.
+        casts, params = [], []
+        for f in fields:
+            values = [getattr(o, f.attname) for o in objs]
+            if isinstance(f, JSONField):
+                casts.append("%b::text[]::jsonb[]")
+                values = [None if v is None else json.dumps(v) for v in values]
+            else:
+                casts.append(f"%b::{f.db_type(connection)}[]")
+            params.append(values)
+        casts = ", ".join(casts)
+        with bound_cursor() as cursor:
+            # Identifiers and types come from model metadata; every value is a parameter.
+            cursor.execute(f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({casts}) {conflict}", params)  # noqa: S608
+        return
     one = "(" + ", ".join(["%s"] * len(fields)) + ")"
     with connection.cursor() as cursor:
         for start in range(0, len(objs), 500):
@@ -232,7 +283,7 @@ def _save_baselines(objs):
             params = [f.get_db_prep_save(getattr(o, f.attname), connection) for o in chunk for f in fields]
             values = ", ".join([one] * len(chunk))
             # Identifiers come from model metadata; every value is a parameter.
-            sql = f"INSERT INTO {table} ({cols}) VALUES {values} ON CONFLICT (username) DO UPDATE SET {updates}"  # noqa: S608
+            sql = f"INSERT INTO {table} ({cols}) VALUES {values} {conflict}"  # noqa: S608
             cursor.execute(sql, params)
 
 
@@ -774,12 +825,14 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
     for r in successes:
         keys |= {f"ip:{r['client_ip']}", f"prefix:{r['prefix']}", f"user:{r['username']}"}
     flagged = defaultdict(list)
-    for a in (
-        Alert.objects.filter(rule__in=ATTACK_RULES, entity_key__in=keys, last_seen__gte=earliest, first_seen__lte=det.T)
-        .exclude(status=Alert.Status.SAFE)
-        .order_by("-last_seen", "pk")
-    ):  # pk: the verdict names the same cause every run
-        flagged[a.entity_key].append(a)
+    recent = Alert.objects.filter(rule__in=ATTACK_RULES, last_seen__gte=earliest, first_seen__lte=det.T).exclude(
+        status=Alert.Status.SAFE
+    )
+    # Performance only: the keys of the few recent attack alerts first, instead of sending
+    # three keys per success of the batch (thousands of parameters) with every query.
+    keys &= set(recent.values_list("entity_key", flat=True))
+    for a in recent.filter(entity_key__in=keys).order_by("-last_seen", "pk") if keys else ():
+        flagged[a.entity_key].append(a)  # ordered by pk too: the verdict names the same cause every run
     if not flagged:
         return
     allow_cache = {}

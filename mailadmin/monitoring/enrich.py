@@ -102,6 +102,9 @@ class _NamedNetworks:
         # address → its named network (or None) for the loaded set: a replay asks for the
         # same few thousand addresses again and again, each a dozen prefix parses.
         self.memo: dict = {}
+        # address text → its Place (named network and GeoIP) for the loaded set: ingest asks
+        # for the same addresses all day, and a GeoIP lookup is pure Python.
+        self.places: dict = {}
 
     def invalidate(self):
         self._loaded_at = 0.0
@@ -150,6 +153,7 @@ class _NamedNetworks:
         # Most specific network first.
         self.lengths = {v: sorted(ls, reverse=True) for v, ls in lengths.items()}
         self.memo = {}
+        self.places = {}
 
     def lookup(self, addr) -> Place | None:
         memo = self.memo
@@ -183,11 +187,22 @@ def networks_changed():
 
 def lookup(ip: str) -> Place:
     """Named network (most specific) first; fill its gaps from GeoIP."""
+    _named.ensure_fresh()
+    places = _named.places
+    place = places.get(ip)
+    if place is None:
+        place = _lookup(ip)
+        if len(places) >= MEMO_MAX:
+            places.clear()
+        places[ip] = place
+    return place
+
+
+def _lookup(ip: str) -> Place:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return UNKNOWN
-    _named.ensure_fresh()
     named = _named.lookup(addr)
     if named is None:
         return geoip_lookup(str(addr))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from django.db import connection
-
 from mailadmin.monitoring.models import HourlyRollup
 
 
@@ -25,11 +23,14 @@ def parse_listener_key(key: str) -> tuple[int | None, str]:
     return (int(port) if port else None), tls
 
 
-def hourly_counts(rows: list[dict]) -> Counter:
-    from mailadmin.monitoring.ingest import rollup_counts  # the minute rollups' own definition
+def hourly_counts(rows: list[dict], minute_counts: Counter | None = None) -> Counter:
+    """The minute rollups' counts summed per hour, plus the listener dimension."""
+    if minute_counts is None:
+        from mailadmin.monitoring.ingest import rollup_counts  # the minute rollups' own definition
 
+        minute_counts = rollup_counts(rows)
     counts = Counter()
-    for (dimension, key, minute, result, domain_name), n in rollup_counts(rows).items():
+    for (dimension, key, minute, result, domain_name), n in minute_counts.items():
         counts[(dimension, key, minute.replace(minute=0), result, domain_name)] += n
     for row in rows:
         hour = row["ts"].replace(minute=0, second=0, microsecond=0)
@@ -38,37 +39,14 @@ def hourly_counts(rows: list[dict]) -> Counter:
     return counts
 
 
-def upsert_hourly_rollups(rows: list[dict]) -> None:
-    """Add these (new) events to the hourly rollups: one upsert statement, like the minute ones."""
-    counts = hourly_counts(rows)
-    if not counts:
-        return
-    table = connection.ops.quote_name(HourlyRollup._meta.db_table)
-    hour_field = HourlyRollup._meta.get_field("hour")
-    # Sorted so concurrent workers lock rows in the same order (no deadlocks).
-    items = sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3]))
-    columns = "(hour, dimension, key, result, count, domain_name)"
-    conflict = f" ON CONFLICT (dimension, key, hour, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            arrays = [[], [], [], [], [], []]
-            for (dimension, key, hour, result, domain_name), count in items:
-                for column, value in zip(arrays, (hour, dimension, key, result, count, domain_name), strict=True):
-                    column.append(value)
-            cursor.execute(
-                f"INSERT INTO {table} {columns} "  # noqa: S608 - identifiers from model metadata
-                "SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[])"
-                + conflict,
-                arrays,
-            )
-            return
-        for start in range(0, len(items), 1000):
-            chunk = items[start : start + 1000]
-            params = []
-            for (dimension, key, hour, result, domain_name), count in chunk:
-                params += [hour_field.get_db_prep_save(hour, connection), dimension, key, result, count, domain_name]
-            values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
-            cursor.execute(f"INSERT INTO {table} {columns} VALUES {values}" + conflict, params)  # noqa: S608
+def upsert_hourly_rollups(rows: list[dict], minute_counts: Counter | None = None) -> None:
+    """Add these (new) events to the hourly rollups: one upsert statement, like the minute ones.
+
+    minute_counts: the batch's minute rollup counts when the caller has them already.
+    """
+    from mailadmin.monitoring.ingest import upsert_counts
+
+    upsert_counts(HourlyRollup, "hour", hourly_counts(rows, minute_counts))
 
 
 def rebuild_sql() -> str:

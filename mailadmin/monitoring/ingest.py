@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -115,6 +116,29 @@ def _int(raw, name, *, minimum=0, maximum=None, default=None):
     return value
 
 
+ADDRESS_MEMO_MAX = 100_000
+_address_memo: dict = {}
+
+
+def _address(text: str) -> tuple[str, str]:
+    """(normalised address, its prefix) of a client_ip; raises ValueError.
+
+    Memoised (per configured prefix lengths): the same addresses come back all day, and
+    parsing one twice costs more than the rest of validate().
+    """
+    key = (text, getattr(settings, "MONITORING_PREFIX_V4", 24), getattr(settings, "MONITORING_PREFIX_V6", 64))
+    found = _address_memo.get(key)
+    if found is None:
+        ip = str(ipaddress.ip_address(text))
+        if ip.startswith("::ffff:"):
+            ip = str(ipaddress.ip_address(ip).ipv4_mapped)
+        found = (ip, prefix_of(ip))
+        if len(_address_memo) >= ADDRESS_MEMO_MAX:
+            _address_memo.clear()
+        _address_memo[key] = found
+    return found
+
+
 def validate(raw, *, now: dt.datetime | None = None) -> dict:
     """One contract event → the clean fields of an AuthEvent row (raises InvalidEvent)."""
     if not isinstance(raw, dict):
@@ -128,11 +152,9 @@ def validate(raw, *, now: dt.datetime | None = None) -> dict:
         log.warning("auth event %s: ts %s is ahead of our clock; using the time received", event_id, ts.isoformat())
         ts = now
     try:
-        ip = str(ipaddress.ip_address(str(raw.get("client_ip", "")).strip()))
+        ip, prefix = _address(str(raw.get("client_ip", "")).strip())
     except ValueError:
         raise InvalidEvent("client_ip is not an IP address") from None
-    if ip.startswith("::ffff:"):
-        ip = str(ipaddress.ip_address(ip).ipv4_mapped)
     result = raw.get("result")
     if result not in RESULTS:
         raise InvalidEvent("result is not one of the contract's values")
@@ -147,7 +169,7 @@ def validate(raw, *, now: dt.datetime | None = None) -> dict:
         "session_id": _text(raw, "session_id", 64),
         "attempt": _int(raw, "attempt", minimum=0, default=1),
         "client_ip": ip,
-        "prefix": prefix_of(ip),
+        "prefix": prefix,
         # Owner-portal sign-ins come from the web, not an SMTP port: stored without a port.
         "listener": None if raw.get("listener") == WEB_LISTENER else _int(raw, "listener", minimum=0, maximum=65535),
         "tls": str(tls or "")[:100],
@@ -190,19 +212,36 @@ def _columns():
     return _COLUMNS
 
 
+def bound_cursor():
+    """A PostgreSQL cursor that sends parameters apart from the SQL (server-side binding).
+
+    Django's default psycopg cursor binds on the client: every element of the big
+    unnest arrays would be quoted into the SQL text in Python and parsed back by the
+    server. This one lets psycopg's C dumpers send them as typed arrays. Still a
+    Django cursor wrapper (execute_wrapper, error translation, debug logging).
+    """
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        return connection._prepare_cursor(ServerBindingCursor(connection.connection))
+
+
 def _insert_new_postgresql(rows, fields, table, cols) -> set[uuid.UUID]:
     """One statement per 5,000 rows with a parameter per column (unnest of arrays): cheap to parse."""
-    casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    casts = ", ".join(f"%b::{f.db_type(connection)}[]" for f in fields)
     # Identifiers and types come from model metadata; every value is a parameter.
     select = f"SELECT * FROM unnest({casts})"  # noqa: S608
     sql = f"INSERT INTO {table} ({cols}) {select} ON CONFLICT (event_id) DO NOTHING RETURNING event_id"  # noqa: S608
+    # validate() and _enrich() produce the stored values (UUID, aware datetimes, str, int, float,
+    # None) and classify_and_learn() sets "suspect": they go to the arrays as they are (the SQL
+    # casts them), without a per-value get_db_prep_save.
+    defaults = {f.attname: f.get_default() for f in fields}
     new_ids = set()
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         for start in range(0, len(rows), 5000):
             chunk = rows[start : start + 5000]
-            params = [
-                [f.get_db_prep_save(row.get(f.attname, f.get_default()), connection) for row in chunk] for f in fields
-            ]
+            params = [[row.get(name, default) for row in chunk] for name, default in defaults.items()]
             cursor.execute(sql, params)
             new_ids.update(value for (value,) in cursor.fetchall())
     return new_ids
@@ -233,6 +272,16 @@ def insert_new(rows: list[dict]) -> set[uuid.UUID]:
     return new_ids
 
 
+def known_event_ids(ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these event ids are stored already (one array parameter on PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        return set(AuthEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True))
+    table = connection.ops.quote_name(AuthEvent._meta.db_table)
+    with bound_cursor() as cursor:
+        cursor.execute(f"SELECT event_id FROM {table} WHERE event_id = ANY(%b::uuid[])", [ids])  # noqa: S608
+        return {value for (value,) in cursor.fetchall()}
+
+
 def rollup_counts(rows: list[dict]) -> Counter:
     counts = Counter()
     for row in rows:
@@ -252,48 +301,44 @@ def rollup_counts(rows: list[dict]) -> Counter:
     return counts
 
 
-def upsert_rollups(counts: Counter) -> None:
+def upsert_counts(model, time_column: str, counts: Counter) -> None:
+    """Add {(dimension, key, time, result, domain_name): n} to a rollup table: one upsert statement.
+
+    Rows are locked in sorted key order, so concurrent workers never deadlock.
+    """
     if not counts:
         return
-    table = connection.ops.quote_name(Rollup._meta.db_table)
-    minute_field = Rollup._meta.get_field("minute")
-    # Sorted so concurrent workers lock rows in the same order (no deadlocks).
+    table = connection.ops.quote_name(model._meta.db_table)
+    time_field = model._meta.get_field(time_column)
     items = sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3]))
-    conflict = f" ON CONFLICT (dimension, key, minute, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
+    columns = f"({time_column}, dimension, key, result, count, domain_name)"
+    conflict = (
+        f" ON CONFLICT (dimension, key, {time_column}, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
+    )
     if connection.vendor == "postgresql":
-        arrays = [[], [], [], [], [], []]
-        for (dimension, key, minute, result, domain_name), count in items:
-            for column, value in zip(arrays, (minute, dimension, key, result, count, domain_name), strict=True):
-                column.append(value)
-        with connection.cursor() as cursor:
+        keys, counts_ = zip(*items, strict=True)
+        dimensions, key_values, times, results, domains = zip(*keys, strict=True)
+        with bound_cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {table} (minute, dimension, key, result, count, domain_name) "  # noqa: S608
-                "SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[])"
+                f"INSERT INTO {table} {columns} "  # noqa: S608 - identifiers from model metadata
+                "SELECT * FROM unnest(%b::timestamptz[], %b::text[], %b::text[], %b::text[], %b::int[], %b::text[])"
                 + conflict,
-                arrays,
+                [list(times), list(dimensions), list(key_values), list(results), list(counts_), list(domains)],
             )
         return
     with connection.cursor() as cursor:
         for start in range(0, len(items), 1000):
             chunk = items[start : start + 1000]
             params = []
-            for (dimension, key, minute, result, domain_name), count in chunk:
-                params += [
-                    minute_field.get_db_prep_save(minute, connection),
-                    dimension,
-                    key,
-                    result,
-                    count,
-                    domain_name,
-                ]
+            for (dimension, key, when, result, domain_name), count in chunk:
+                params += [time_field.get_db_prep_save(when, connection), dimension, key, result, count, domain_name]
             values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
             # Identifiers come from model metadata; every value is a parameter.
-            insert = f"INSERT INTO {table} (minute, dimension, key, result, count, domain_name) VALUES {values}"  # noqa: S608
-            sql = (
-                insert
-                + f" ON CONFLICT (dimension, key, minute, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
-            )
-            cursor.execute(sql, params)
+            cursor.execute(f"INSERT INTO {table} {columns} VALUES {values}" + conflict, params)  # noqa: S608
+
+
+def upsert_rollups(counts: Counter) -> None:
+    upsert_counts(Rollup, "minute", counts)
 
 
 def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: bool = True) -> IngestReport:
@@ -325,7 +370,7 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
     from mailadmin.monitoring import detectors
 
     # Redelivered events are dropped before learning from them; the unique id catches races.
-    known = set(AuthEvent.objects.filter(event_id__in=[r["event_id"] for r in rows]).values_list("event_id", flat=True))
+    known = known_event_ids([r["event_id"] for r in rows])
     fresh = [r for r in rows if r["event_id"] not in known]
     new_rows = []
     if fresh:
@@ -333,8 +378,9 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
             detectors.classify_and_learn(fresh)
             new_ids = insert_new(fresh)
             new_rows = [r for r in fresh if r["event_id"] in new_ids]
-            upsert_rollups(rollup_counts(new_rows))
-            hourly.upsert_hourly_rollups(new_rows)
+            minute_counts = rollup_counts(new_rows)
+            upsert_rollups(minute_counts)
+            hourly.upsert_hourly_rollups(new_rows, minute_counts)
     report.inserted = len(new_rows)
     report.duplicates += len(rows) - len(new_rows)
     if new_rows and detect:
