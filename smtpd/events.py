@@ -2,7 +2,7 @@
 
 `publish()` is called on the event loop and only appends to a list under a
 lock: it never blocks on the broker and never raises. A collector thread cuts
-batches (2,000 items or 250 ms) and hands them to a sender thread; when the
+batches (500 items or 250 ms) and hands them to a sender thread; when the
 broker is down, or the sender falls behind, batches are written to an on-disk
 spool (one JSON file per batch, named by sequence number) and replayed in
 order once the broker answers again. Memory holds at most the items of one
@@ -43,9 +43,9 @@ class SpoolingPublisher:
         spool_dir: Path,
         send: Sender = celery_sender,
         *,
-        # Ingest's cost per event falls with the batch (bench/README.md): at 5,000 events/s
-        # the 250 ms flush sends ~1,250; smaller bursts still go out within 250 ms.
-        batch_size: int = 2000,
+        # The contract (issue 4, DESIGN): flush at 500 events or 250 ms. Ingest's cost per
+        # event falls with the batch size (bench/README.md), but 500 keeps one task short.
+        batch_size: int = 500,
         flush_interval: float = 0.25,
         in_flight: int = 4,
         retry_interval: float = 1.0,

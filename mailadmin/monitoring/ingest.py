@@ -179,7 +179,7 @@ def validate(raw, *, now: dt.datetime | None = None) -> dict:
         "domain_name": domain_of(username),
         "credential": _text(raw, "credential", 64),
         "result": result,
-        "pw_fp": _int(raw, "pw_fp", minimum=0, maximum=0xFFFF),
+        "pw_fp": _int(raw, "pw_fp", minimum=0, maximum=0xFFF),  # 12 bits (DESIGN)
         "latency_ms": _int(raw, "latency_ms", minimum=0, maximum=2**31 - 1),
     }
 

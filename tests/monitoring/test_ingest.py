@@ -32,10 +32,11 @@ def test_it_counts_bad_events_without_failing_the_batch(caplog):
         event(result="maybe"),
         event(ts="yesterday"),
         event(pw_fp="x", credential="hunter2-secret"),
+        event(pw_fp=40000),  # not 12 bits: would not even fit the column
     ]
     report = ingest_events([*bad, good], replay=True)
     assert report.inserted == 1
-    assert report.invalid == 6
+    assert report.invalid == 7
     assert "hunter2" not in caplog.text
 
 
