@@ -159,9 +159,24 @@ def smtpd_server(smtpd_factory):
 
 @pytest.fixture(scope="module")
 def committed(django_db_setup, django_db_blocker):
-    """Database access in autocommit mode: what the test writes, the server sees at once."""
+    """Database access in autocommit mode: what the test writes, the server sees at once.
+    Afterwards the monitoring rows that the module's servers and workers committed (events,
+    rollups, blocks, alerts …) are flushed, as transactional tests do, so no later test
+    starts with them."""
     with django_db_blocker.unblock():
         yield
+        flush_monitoring_tables()
+
+
+def flush_monitoring_tables():
+    from django.apps import apps
+    from django.core.management.color import no_style
+    from django.db import connection
+
+    tables = [model._meta.db_table for model in apps.get_app_config("monitoring").get_models()]
+    with connection.cursor() as cursor:
+        for sql in connection.ops.sql_flush(no_style(), tables, allow_cascade=True):
+            cursor.execute(sql)
 
 
 @pytest.fixture(scope="module")
