@@ -22,11 +22,21 @@ from dataclasses import dataclass, field
 
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, DateTimeField, F, Func, Max, Q, Sum
+from django.db.models import CharField, Count, DateTimeField, F, Func, Max, Q, Sum
 from django.utils import timezone
 
+from mailadmin.monitoring import windows
 from mailadmin.monitoring.hourly import parse_listener_key
-from mailadmin.monitoring.models import FAILURE_RESULTS, Alert, AuthEvent, Block, HourlyRollup, Result, Rollup
+from mailadmin.monitoring.models import (
+    FAILURE_RESULTS,
+    Alert,
+    AuthEvent,
+    Block,
+    HourlyRollup,
+    Result,
+    Rollup,
+    WindowState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +182,16 @@ def hour_span(tr: TimeRange) -> tuple[dt.datetime, dt.datetime] | None:
 
 def _rollup_pieces(tr: TimeRange):
     """(table, time column, start, end) pieces that together cover the range once."""
+    return _pieces_between(tr.start, tr.end)
+
+
+def _pieces_between(start: dt.datetime, end: dt.datetime):
+    """(table, time column, start, end): hourly rows for the whole hours, minute rows for the rest."""
     rollup, hourly = Rollup._meta.db_table, HourlyRollup._meta.db_table
-    hours = hour_span(tr)
-    if hours is None:
-        return [(rollup, "minute", tr.start, tr.end)]
-    pieces = [(rollup, "minute", tr.start, hours[0]), (hourly, "hour", hours[0], hours[1])]
-    pieces.append((rollup, "minute", hours[1], tr.end))
+    first, last = ceil_to(start, HOUR), floor_to(end, HOUR)
+    if first >= last:
+        return [(rollup, "minute", start, end)]
+    pieces = [(rollup, "minute", start, first), (hourly, "hour", first, last), (rollup, "minute", last, end)]
     return [p for p in pieces if p[2] < p[3]]
 
 
@@ -229,6 +243,154 @@ def _cached(name, user, tr: TimeRange, compute):
         except Exception:
             log.warning("charts: cache unreachable", exc_info=True)
     return value
+
+
+# --- window totals (mailadmin.monitoring.windows) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """Window totals usable for a preset range: the window's sums plus `spans` give the range."""
+
+    name: str
+    version: int
+    scopes: list[str] | None  # None: every domain; else the user's domains
+    spans: list[tuple[dt.datetime, dt.datetime, int]]  # (start, end, +1/-1) to add to the sums
+
+
+def window_for(user, tr: TimeRange) -> Window | None:
+    """The window totals of this preset, when they are built, current and overlap the range."""
+    if tr.preset not in windows.WINDOWS or not database_is_postgresql():
+        return None
+    state = WindowState.objects.filter(preset=tr.preset, stale=False).values_list("version", "first", "cut").first()
+    if state is None:
+        return None
+    version, first, cut = state
+    if not (first < cut and first < tr.end and cut > tr.start):
+        return None
+    spans = []
+    if tr.start < first:
+        spans.append((tr.start, first, 1))
+    elif first < tr.start:
+        spans.append((first, tr.start, -1))
+    if cut < tr.end:
+        spans.append((cut, tr.end, 1))
+    elif tr.end < cut:
+        spans.append((tr.end, cut, -1))
+    scopes = None if sees_everything(user) else sorted(n.lower() for n in user.domains.values_list("name", flat=True))
+    return Window(tr.preset, version, scopes, spans)
+
+
+def _window_union(w: Window, dimension: str):
+    """SQL rows (key, f, a, t) whose sums per key are the range's failures, attacks and attempts:
+    the window's totals, plus or minus the rollups (every domain) or the domains' events."""
+    count = connection.ops.quote_name("count")
+    base = "SELECT key, failures, attacks, total FROM monitoring_windowtotal WHERE preset = %s AND dimension = %s"
+    params = [w.name, dimension]
+    if w.scopes is None:
+        parts = [base + " AND scope = '' AND sub = ''"]
+        for start, end, sign in w.spans:
+            for table, column, a, b in _pieces_between(start, end):
+                sums = windows.sums_sql("result", f"{sign} * {count}")
+                parts.append(
+                    f"SELECT key, {sums} FROM {connection.ops.quote_name(table)} "  # noqa: S608 - metadata, constants
+                    f"WHERE dimension = %s AND {column} >= %s AND {column} < %s"
+                )
+                params += [dimension, a, b]
+    else:
+        parts = [base + " AND scope = ANY(%s) AND sub = ''"]
+        params.append(w.scopes)
+        for start, end, sign in w.spans:
+            parts.append(
+                f"SELECT {windows.EVENT_KEYS[dimension]}, {windows.sums_sql('e.result', str(sign))} "  # noqa: S608
+                "FROM monitoring_authevent e WHERE e.domain_name = ANY(%s) AND e.ts >= %s AND e.ts < %s"
+            )
+            params += [w.scopes, start, end]
+    return " UNION ALL ".join(parts), params
+
+
+def _window_fetch(w: Window, sql, params):
+    """Rows of a query over the window, or None if the window changed meanwhile (then: rollups)."""
+    rows = _fetch(sql, params)
+    if WindowState.objects.filter(preset=w.name).values_list("version", "stale").first() != (w.version, False):
+        return None
+    return rows
+
+
+def window_top(w: Window, dimension: str, limit: int | None = TOP_LIMIT) -> list[tuple[str, int]] | None:
+    """Failures per key over the range, most first (ties by key)."""
+    union, params = _window_union(w, dimension)
+    sql = (
+        f"SELECT key, SUM(f) AS n FROM ({union}) AS r (key, f, a, t) "  # noqa: S608 - built from constants
+        "GROUP BY key HAVING SUM(f) > 0 ORDER BY n DESC, key"
+    )
+    if limit is not None:
+        sql += " LIMIT %s"
+        params.append(limit)
+    rows = _window_fetch(w, sql, params)
+    return None if rows is None else [(key, int(n)) for key, n in rows]
+
+
+def window_attackers(w: Window) -> int | None:
+    """Distinct IPs with at least one FAILURE_RESULTS attempt in the range."""
+    union, params = _window_union(w, Rollup.Dimension.IP)
+    sql = f"SELECT count(*) FROM (SELECT key FROM ({union}) AS r (key, f, a, t) GROUP BY key HAVING SUM(a) > 0) AS k"  # noqa: S608
+    rows = _window_fetch(w, sql, params)
+    return None if rows is None else int(rows[0][0])
+
+
+def window_users_tried(w: Window, ips: list[str]) -> dict[str, int] | None:
+    """Distinct usernames tried (any result) per IP over the range, from the (ip, username) pairs."""
+    scoped = w.scopes is not None
+    in_scope = " AND scope = ANY(%s)" if scoped else ""
+    parts = [
+        "SELECT key, sub, total FROM monitoring_windowtotal "  # noqa: S608 - constants only
+        f"WHERE preset = %s AND dimension = 'ipuser' AND key = ANY(%s){in_scope}"
+    ]
+    params = [w.name, ips] + ([w.scopes] if scoped else [])
+    for start, end, sign in w.spans:
+        parts.append(
+            f"SELECT host(e.client_ip), e.username, {sign} FROM monitoring_authevent e "  # noqa: S608 - sign is an int
+            "WHERE e.client_ip = ANY(%s::inet[]) AND e.ts >= %s AND e.ts < %s"
+            + (" AND e.domain_name = ANY(%s)" if scoped else "")
+        )
+        params += [ips, start, end] + ([w.scopes] if scoped else [])
+    union = " UNION ALL ".join(parts)
+    sql = (
+        "SELECT key, count(*) FROM (SELECT key, sub FROM ("  # noqa: S608 - built from constants above
+        + union
+        + ") AS r (key, sub, t) GROUP BY key, sub HAVING SUM(t) > 0) AS p GROUP BY key"
+    )
+    rows = _window_fetch(w, sql, params)
+    return None if rows is None else {key: int(n) for key, n in rows}
+
+
+def latest_places(user, ips: list[str], tr: TimeRange) -> dict[str, tuple[str, int | None]]:
+    """(country, ASN) of each IP's latest visible attempt in the range (PostgreSQL)."""
+    scoped = not sees_everything(user)
+    in_scope = " AND e.domain_name = ANY(%s)" if scoped else ""
+    sql = (
+        "SELECT host(ip), e.country, e.asn FROM unnest(%s::inet[]) AS ip, LATERAL ("  # noqa: S608 - constants only
+        f"SELECT country, asn FROM monitoring_authevent e WHERE e.client_ip = ip AND e.ts >= %s AND e.ts < %s"
+        f"{in_scope} ORDER BY e.ts DESC LIMIT 1) AS e"
+    )
+    params = [ips, tr.start, tr.end]
+    if scoped:
+        params.append(sorted(n.lower() for n in user.domains.values_list("name", flat=True)))
+    return {ip: (country, asn) for ip, country, asn in _fetch(sql, params)}
+
+
+class HostText(Func):
+    """An IP address as text ("192.0.2.7", no prefix length), as the rollups key it."""
+
+    output_field = CharField()
+
+    def as_postgresql(self, compiler, conn, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"host({sql})", params
+
+    def as_sql(self, compiler, conn, **extra):  # SQLite stores the text already
+        return compiler.compile(self.source_expressions[0])
 
 
 class DateBin(Func):
@@ -298,6 +460,16 @@ def timeline_counts(user, tr: TimeRange) -> dict[dt.datetime, dict[str, int]]:
         # Hour-multiple buckets (aligned to the hour like every bucket): hourly rows only.
         rows = (
             HourlyRollup.objects.filter(dimension=Rollup.Dimension.ALL, hour__gte=tr.start, hour__lt=tr.end)
+            .annotate(bucket=DateBin(F("hour"), tr.bucket))
+            .values("bucket", "result")
+            .annotate(n=Sum("count"))
+            .order_by()
+        )
+    elif tr.bucket % HOUR == dt.timedelta(0):
+        # A domain admin's long ranges: the hourly "domain" rows of their domains.
+        rows = (
+            HourlyRollup.objects.visible_to(user)
+            .filter(dimension=HourlyRollup.DOMAIN, hour__gte=tr.start, hour__lt=tr.end)
             .annotate(bucket=DateBin(F("hour"), tr.bucket))
             .values("bucket", "result")
             .annotate(n=Sum("count"))
@@ -374,6 +546,11 @@ def reasons(user, tr: TimeRange) -> Table:
             sql = f"SELECT result, SUM(n) AS total FROM ({union}) AS r GROUP BY result ORDER BY total DESC, result"  # noqa: S608
             data = [[labels.get(result, result), int(n)] for result, n in _fetch(sql, params)]
             return _bar("reasons", "Failures by reason", ["Reason", "Failures"], data)
+        w = window_for(user, tr)
+        top = window_top(w, "result", limit=None) if w else None
+        if top is not None:
+            data = [[labels.get(result, result), n] for result, n in top]
+            return _bar("reasons", "Failures by reason", ["Reason", "Failures"], data)
         rows = scoped_events(user).filter(ts__gte=tr.start, ts__lt=tr.end).values("result").annotate(n=Count("id"))
         rows = rows.exclude(result=Result.SUCCESS).order_by("-n", "result")
         data = [[labels.get(r["result"], r["result"]), int(r["n"])] for r in rows]
@@ -383,20 +560,30 @@ def reasons(user, tr: TimeRange) -> Table:
 
 
 def _failures_by(user, tr, dimension, event_field):
-    """Failures per value of one dimension: rollups for full visibility, events otherwise."""
+    """Failures per value of one dimension: window totals where kept (preset ranges; every
+    dimension for domain admins, IPs and mailboxes server-wide), else rollups for full
+    visibility and events for domain admins."""
+    w = window_for(user, tr)
+    if w is not None and (w.scopes is not None or dimension in (Rollup.Dimension.IP, Rollup.Dimension.USERNAME)):
+        top = window_top(w, dimension)
+        if top is not None:
+            return top
     if sees_everything(user):
         union, params = _rollup_union(dimension, tr, exclude_success=True)
         sql = f"SELECT key, SUM(n) AS total FROM ({union}) AS r GROUP BY key ORDER BY total DESC, key LIMIT %s"  # noqa: S608
         return [(key, int(n)) for key, n in _fetch(sql, [*params, TOP_LIMIT])]
+    # IPs as text, so ties come in the same order as from the rollups and window totals.
+    value = HostText(F(event_field)) if event_field == "client_ip" else F(event_field)
     qs = (
         scoped_events(user)
         .filter(ts__gte=tr.start, ts__lt=tr.end)
         .exclude(result=Result.SUCCESS)
-        .values(event_field)
+        .annotate(value=value)
+        .values("value")
         .annotate(n=Count("id"))
-        .order_by("-n", event_field)[:TOP_LIMIT]
+        .order_by("-n", "value")[:TOP_LIMIT]
     )
-    return [(r[event_field], int(r["n"])) for r in qs]
+    return [(r["value"], int(r["n"])) for r in qs]
 
 
 def mechanisms(user, tr: TimeRange) -> Table:
@@ -420,7 +607,12 @@ def listeners(user, tr: TimeRange) -> Table:
 
     def compute():
         hours = hour_span(tr) if sees_everything(user) else None
-        if hours is None:
+        w = window_for(user, tr) if not sees_everything(user) else None
+        rows = window_top(w, HourlyRollup.LISTENER, limit=None) if w else None
+        if rows is not None:
+            totals = {parse_listener_key(key): n for key, n in rows}
+            top = [(listener, tls, n) for (listener, tls), n in _ordered_listeners(totals)]
+        elif hours is None:
             qs = (
                 scoped_events(user)
                 .filter(ts__gte=tr.start, ts__lt=tr.end)
@@ -459,8 +651,13 @@ def _listener_failures(tr: TimeRange, hours) -> list[tuple[int | None, str, int]
     for row in ends.exclude(result=Result.SUCCESS).values("listener", "tls").annotate(n=Count("id")).order_by():
         pair = (row["listener"], row["tls"])
         totals[pair] = totals.get(pair, 0) + int(row["n"])
+    return [(listener, tls, n) for (listener, tls), n in _ordered_listeners(totals)]
+
+
+def _ordered_listeners(totals: dict) -> list:
+    """As the events query orders them: count descending, then port (web last), then TLS."""
     ordered = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0][0] is None, kv[0][0] or 0, kv[0][1]))
-    return [(listener, tls, n) for (listener, tls), n in ordered[:TOP_LIMIT] if n]
+    return [item for item in ordered if item[1]][:TOP_LIMIT]
 
 
 def top_users(user, tr: TimeRange) -> Table:
@@ -471,20 +668,34 @@ def top_users(user, tr: TimeRange) -> Table:
     return _cached("top_users", user, tr, compute)
 
 
+def _event_details(user, ips: list[str], tr: TimeRange) -> dict:
+    """Users tried, country and ASN per IP, from the visible events of the range."""
+    return {
+        r["client_ip"]: r
+        for r in scoped_events(user)
+        .filter(client_ip__in=ips, ts__gte=tr.start, ts__lt=tr.end)
+        .values("client_ip")
+        .annotate(users=Count("username", distinct=True), country=Max("country"), asn=Max("asn"))
+        .order_by()
+    }
+
+
 def top_ips(user, tr: TimeRange) -> Table:
     """Top failing IPs with country, ASN, users tried and whether a block is active now."""
 
     def compute():
         failing = _failures_by(user, tr, Rollup.Dimension.IP, "client_ip")
         ips = [ip for ip, _ in failing]
-        details = {
-            r["client_ip"]: r
-            for r in scoped_events(user)
-            .filter(client_ip__in=ips, ts__gte=tr.start, ts__lt=tr.end)
-            .values("client_ip")
-            .annotate(users=Count("username", distinct=True), country=Max("country"), asn=Max("asn"))
-            .order_by()
-        }
+        w = window_for(user, tr)
+        users = window_users_tried(w, ips) if w and ips else None
+        if users is not None:
+            places = latest_places(user, ips, tr)
+            details = {}
+            for ip in ips:
+                country, asn = places.get(ip, ("", None))
+                details[ip] = {"users": users.get(ip, 0), "country": country, "asn": asn}
+        else:
+            details = _event_details(user, ips, tr)
         blocked = set(
             Block.objects.visible_to(user)
             .active()
@@ -516,10 +727,12 @@ CHARTS = {
 def counters(user, tr: TimeRange) -> dict:
     def compute():
         series = timeline(user, tr).series
-        if sees_everything(user):
+        w = window_for(user, tr)
+        attackers = window_attackers(w) if w else None
+        if attackers is None and sees_everything(user):
             union, params = _rollup_union(Rollup.Dimension.IP, tr, results=FAILURE_RESULTS)
             attackers = _fetch(f"SELECT COUNT(DISTINCT key) FROM ({union}) AS r", params)[0][0]  # noqa: S608
-        else:
+        elif attackers is None:
             attackers = (
                 scoped_events(user)
                 .filter(ts__gte=tr.start, ts__lt=tr.end, result__in=FAILURE_RESULTS)

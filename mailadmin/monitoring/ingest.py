@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from django.db import connection, transaction
 from django.utils import timezone
 
-from mailadmin.monitoring import enrich, hourly
+from mailadmin.monitoring import enrich, hourly, windows
 from mailadmin.monitoring.blocks import prefix_of
 from mailadmin.monitoring.models import AuthEvent, Result, Rollup, SentCount, domain_of
 
@@ -335,6 +335,7 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
             new_rows = [r for r in fresh if r["event_id"] in new_ids]
             upsert_rollups(rollup_counts(new_rows))
             hourly.upsert_hourly_rollups(new_rows)
+            windows.note_late(new_rows, now)
     report.inserted = len(new_rows)
     report.duplicates += len(rows) - len(new_rows)
     if new_rows and detect:
