@@ -804,12 +804,26 @@ def around(first: dt.datetime, last: dt.datetime, margin: dt.timedelta) -> TimeR
     return TimeRange(start=floor_to(start, bucket), end=ceil_to(end, bucket), bucket=bucket, preset="custom")
 
 
-# Rules whose firing can be estimated from rollups: rule → (dimension, threshold param).
+# Rules whose firing can be estimated from rollups: rule → (dimension, threshold param, results
+# counted). A threshold param of None: one attempt in a window fires it.
 PREVIEWABLE = {
-    "ip_bruteforce": (Rollup.Dimension.IP, "failures"),
-    "low_and_slow": (Rollup.Dimension.IP, "failures"),
-    "account_bruteforce": (Rollup.Dimension.USERNAME, "distinct_fingerprints"),
-    "surge": (Rollup.Dimension.ALL, "min_failures"),
+    "ip_bruteforce": (Rollup.Dimension.IP, "failures", FAILURE_RESULTS),
+    "low_and_slow": (Rollup.Dimension.IP, "failures", FAILURE_RESULTS),
+    "account_bruteforce": (Rollup.Dimension.USERNAME, "distinct_fingerprints", FAILURE_RESULTS),
+    "surge": (Rollup.Dimension.ALL, "min_failures", FAILURE_RESULTS),
+    "cleartext": (Rollup.Dimension.IP, None, (Result.TLS_REQUIRED,)),
+}
+# Why the others have no preview (shown on the settings page).
+NOT_PREVIEWABLE = {
+    "spray": "it counts distinct users and tries per user from an address; the rollups keep only totals per address",
+    "stuffing": "it needs the distinct users per address or AS; the rollups keep only totals per address",
+    "slow_distributed": "it needs the distinct addresses and passwords per user; the rollups keep only totals",
+    "success_after_attack": "it depends on earlier alerts and each user's known addresses, not on counts",
+    "new_country": "it compares each success with the user's own history of countries, which rollups do not keep",
+    "new_asn": "it compares each success with the user's own history of networks, which rollups do not keep",
+    "impossible_travel": "it needs the places and times of each user's successive logins",
+    "dormant": "it needs each user's previous login, which rollups do not keep",
+    "stale_client": "it needs the password fingerprints and networks of each user",
 }
 
 
@@ -818,14 +832,15 @@ def preview_rule(rule: str, params: dict, *, days: int = 7, now=None) -> int | N
 
     An estimate in rollup terms: failures (FAILURE_RESULTS) per entity in tumbling
     windows of the rule's window_minutes, counting windows that reach the
-    threshold. Per-credential and per-user distinctness are not in the rollups,
-    so those rules count failures instead (an upper bound). None: not estimable.
+    threshold (cleartext: windows with a tls_required attempt per address). Per-credential
+    and per-user distinctness are not in the rollups, so those rules count failures
+    instead (an upper bound). None: not estimable (NOT_PREVIEWABLE says why).
     """
     if rule not in PREVIEWABLE:
         return None
-    dimension, threshold_name = PREVIEWABLE[rule]
+    dimension, threshold_name, results = PREVIEWABLE[rule]
     try:
-        threshold = int(params[threshold_name])
+        threshold = 1 if threshold_name is None else int(params[threshold_name])
         window = dt.timedelta(minutes=int(params.get("window_minutes", 10)))
     except (KeyError, TypeError, ValueError):
         return None
@@ -834,7 +849,7 @@ def preview_rule(rule: str, params: dict, *, days: int = 7, now=None) -> int | N
     end = timezone.now() if now is None else now
     start = end - dt.timedelta(days=days)
     qs = (
-        Rollup.objects.filter(dimension=dimension, minute__gte=start, minute__lt=end, result__in=FAILURE_RESULTS)
+        Rollup.objects.filter(dimension=dimension, minute__gte=start, minute__lt=end, result__in=results)
         .annotate(window=DateBin(F("minute"), window))
         .values("key", "window")
         .annotate(n=Sum("count"))
