@@ -563,8 +563,9 @@ def _failures_by(user, tr, dimension, event_field):
     """Failures per value of one dimension: window totals where kept (preset ranges; every
     dimension for domain admins, IPs and mailboxes server-wide), else rollups for full
     visibility and events for domain admins."""
-    w = window_for(user, tr)
-    if w is not None and (w.scopes is not None or dimension in (Rollup.Dimension.IP, Rollup.Dimension.USERNAME)):
+    kept = not sees_everything(user) or dimension in (Rollup.Dimension.IP, Rollup.Dimension.USERNAME)
+    w = window_for(user, tr) if kept else None
+    if w is not None:
         top = window_top(w, dimension)
         if top is not None:
             return top
