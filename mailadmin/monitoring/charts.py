@@ -281,15 +281,13 @@ def window_for(user, tr: TimeRange) -> Window | None:
     return Window(tr.preset, version, scopes, spans)
 
 
-def _window_union(w: Window, dimension: str):
-    """SQL rows (key, f, a, t) whose sums per key are the range's failures, attacks and attempts:
-    the window's totals, plus or minus the rollups (every domain) or the domains' events."""
+def _span_rows(w: Window, dimension: str):
+    """SQL rows (key, f, a, t): failures, attacks and attempts to add (or subtract) to the
+    window's totals for the range — from the rollups (every domain) or the domains' events."""
     count = connection.ops.quote_name("count")
-    base = "SELECT key, failures, attacks, total FROM monitoring_windowtotal WHERE preset = %s AND dimension = %s"
-    params = [w.name, dimension]
-    if w.scopes is None:
-        parts = [base + " AND scope = '' AND sub = ''"]
-        for start, end, sign in w.spans:
+    parts, params = [], []
+    for start, end, sign in w.spans:
+        if w.scopes is None:
             for table, column, a, b in _pieces_between(start, end):
                 sums = windows.sums_sql("result", f"{sign} * {count}")
                 parts.append(
@@ -297,16 +295,33 @@ def _window_union(w: Window, dimension: str):
                     f"WHERE dimension = %s AND {column} >= %s AND {column} < %s"
                 )
                 params += [dimension, a, b]
-    else:
-        parts = [base + " AND scope = ANY(%s) AND sub = ''"]
-        params.append(w.scopes)
-        for start, end, sign in w.spans:
+        else:
             parts.append(
                 f"SELECT {windows.EVENT_KEYS[dimension]}, {windows.sums_sql('e.result', str(sign))} "  # noqa: S608
                 "FROM monitoring_authevent e WHERE e.domain_name = ANY(%s) AND e.ts >= %s AND e.ts < %s"
             )
             params += [w.scopes, start, end]
+    if not parts:
+        return "SELECT ''::varchar, 0::bigint, 0::bigint, 0::bigint WHERE false", []
     return " UNION ALL ".join(parts), params
+
+
+def _window_union(w: Window, dimension: str):
+    """SQL rows (key, f, a, t) whose sums per key are the range's failures, attacks and attempts."""
+    spans, span_params = _span_rows(w, dimension)
+    scope = "scope = ''" if w.scopes is None else "scope = ANY(%s)"
+    sql = (
+        "SELECT key, failures, attacks, total FROM monitoring_windowtotal "  # noqa: S608 - constants
+        f"WHERE preset = %s AND dimension = %s AND {scope} AND sub = '' UNION ALL {spans}"
+    )
+    return sql, [w.name, dimension] + ([] if w.scopes is None else [w.scopes]) + span_params
+
+
+def _single_scope(w: Window) -> str | None:
+    """The one scope ("" = every domain) a reader sees, None for several domains."""
+    if w.scopes is None:
+        return ""
+    return w.scopes[0] if len(w.scopes) == 1 else None
 
 
 def _window_fetch(w: Window, sql, params):
@@ -318,49 +333,104 @@ def _window_fetch(w: Window, sql, params):
 
 
 def window_top(w: Window, dimension: str, limit: int | None = TOP_LIMIT) -> list[tuple[str, int]] | None:
-    """Failures per key over the range, most first (ties by key)."""
-    union, params = _window_union(w, dimension)
-    sql = (
-        f"SELECT key, SUM(f) AS n FROM ({union}) AS r (key, f, a, t) "  # noqa: S608 - built from constants
-        "GROUP BY key HAVING SUM(f) > 0 ORDER BY n DESC, key"
-    )
-    if limit is not None:
-        sql += " LIMIT %s"
-        params.append(limit)
+    """Failures per key over the range, most first (ties by key).
+
+    One scope: the candidates are the window's busiest `limit` keys (plus one per key the
+    spans lower) and every key in the spans — no other key can rank above them, since
+    its count is its window count. Several domains: every key of theirs is summed.
+    """
+    scope = _single_scope(w)
+    if limit is None or scope is None:
+        union, params = _window_union(w, dimension)
+        sql = (
+            f"SELECT key, SUM(f) AS n FROM ({union}) AS r (key, f, a, t) "  # noqa: S608 - built from constants
+            "GROUP BY key HAVING SUM(f) > 0 ORDER BY n DESC, key"
+        )
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(limit)
+    else:
+        spans, span_params = _span_rows(w, dimension)
+        sql = f"""
+        WITH d AS (SELECT key, SUM(f) AS f FROM ({spans}) AS s (key, f, a, t) GROUP BY key),
+        c AS (
+            (SELECT key FROM monitoring_windowtotal WHERE preset = %s AND scope = %s AND dimension = %s
+             ORDER BY failures DESC, key LIMIT %s + (SELECT count(*) FROM d WHERE f < 0))
+            UNION SELECT key FROM d
+        )
+        SELECT c.key, COALESCE(w.failures, 0) + COALESCE(d.f, 0) AS n FROM c
+        LEFT JOIN monitoring_windowtotal w
+            ON w.preset = %s AND w.scope = %s AND w.dimension = %s AND w.key = c.key AND w.sub = ''
+        LEFT JOIN d ON d.key = c.key
+        WHERE COALESCE(w.failures, 0) + COALESCE(d.f, 0) > 0
+        ORDER BY n DESC, c.key LIMIT %s
+        """  # noqa: S608 - built from constants
+        params = [*span_params, w.name, scope, dimension, limit, w.name, scope, dimension, limit]
     rows = _window_fetch(w, sql, params)
     return None if rows is None else [(key, int(n)) for key, n in rows]
 
 
 def window_attackers(w: Window) -> int | None:
-    """Distinct IPs with at least one FAILURE_RESULTS attempt in the range."""
-    union, params = _window_union(w, Rollup.Dimension.IP)
-    sql = f"SELECT count(*) FROM (SELECT key FROM ({union}) AS r (key, f, a, t) GROUP BY key HAVING SUM(a) > 0) AS k"  # noqa: S608
+    """Distinct IPs with at least one FAILURE_RESULTS attempt in the range.
+
+    One scope: the window's count, corrected for the IPs the spans bring in or take out.
+    """
+    scope = _single_scope(w)
+    if scope is None:
+        union, params = _window_union(w, Rollup.Dimension.IP)
+        sql = (
+            f"SELECT count(*) FROM (SELECT key FROM ({union}) AS r (key, f, a, t) GROUP BY key HAVING SUM(a) > 0) AS k"  # noqa: S608
+        )
+    else:
+        spans, span_params = _span_rows(w, Rollup.Dimension.IP)
+        sql = f"""
+        WITH d AS (SELECT key, SUM(a) AS a FROM ({spans}) AS s (key, f, a, t) GROUP BY key),
+        j AS (
+            SELECT COALESCE(w.attacks, 0) AS before, COALESCE(w.attacks, 0) + d.a AS after FROM d
+            LEFT JOIN monitoring_windowtotal w
+                ON w.preset = %s AND w.scope = %s AND w.dimension = 'ip' AND w.key = d.key AND w.sub = ''
+        )
+        SELECT COALESCE((SELECT SUM(total) FROM monitoring_windowtotal WHERE preset = %s AND scope = %s
+                         AND dimension = '{windows.ATTACKERS}' AND key = '' AND sub = ''), 0)
+            + (SELECT count(*) FROM j WHERE before <= 0 AND after > 0)
+            - (SELECT count(*) FROM j WHERE before > 0 AND after <= 0)
+        """  # noqa: S608 - built from constants
+        params = [*span_params, w.name, scope, w.name, scope]
     rows = _window_fetch(w, sql, params)
     return None if rows is None else int(rows[0][0])
 
 
 def window_users_tried(w: Window, ips: list[str]) -> dict[str, int] | None:
-    """Distinct usernames tried (any result) per IP over the range, from the (ip, username) pairs."""
+    """Distinct usernames tried (any result) per IP over the range: the window's count per
+    (domain, IP), corrected by the (IP, username) pairs the spans bring in or take out."""
     scoped = w.scopes is not None
     in_scope = " AND scope = ANY(%s)" if scoped else ""
-    parts = [
-        "SELECT key, sub, total FROM monitoring_windowtotal "  # noqa: S608 - constants only
-        f"WHERE preset = %s AND dimension = 'ipuser' AND key = ANY(%s){in_scope}"
-    ]
-    params = [w.name, ips] + ([w.scopes] if scoped else [])
+    e_scope = " AND e.domain_name = ANY(%s)" if scoped else ""
+    spans, span_params = [], []
     for start, end, sign in w.spans:
-        parts.append(
-            f"SELECT host(e.client_ip), e.username, {sign} FROM monitoring_authevent e "  # noqa: S608 - sign is an int
-            "WHERE e.client_ip = ANY(%s::inet[]) AND e.ts >= %s AND e.ts < %s"
-            + (" AND e.domain_name = ANY(%s)" if scoped else "")
+        spans.append(
+            f"SELECT host(e.client_ip), e.domain_name, e.username, {sign} FROM monitoring_authevent e "  # noqa: S608
+            f"WHERE e.client_ip = ANY(%s::inet[]) AND e.ts >= %s AND e.ts < %s{e_scope}"
         )
-        params += [ips, start, end] + ([w.scopes] if scoped else [])
-    union = " UNION ALL ".join(parts)
-    sql = (
-        "SELECT key, count(*) FROM (SELECT key, sub FROM ("  # noqa: S608 - built from constants above
-        + union
-        + ") AS r (key, sub, t) GROUP BY key, sub HAVING SUM(t) > 0) AS p GROUP BY key"
+        span_params += [ips, start, end] + ([w.scopes] if scoped else [])
+    if not spans:
+        spans = ["SELECT ''::text, ''::varchar, ''::varchar, 0 WHERE false"]
+    sql = f"""
+    WITH d AS (SELECT key, scope, sub, SUM(t) AS t FROM ({" UNION ALL ".join(spans)}) AS s (key, scope, sub, t)
+               GROUP BY key, scope, sub),
+    change AS (
+        SELECT d.key, CASE WHEN COALESCE(w.total, 0) <= 0 AND COALESCE(w.total, 0) + d.t > 0 THEN 1
+                           WHEN w.total > 0 AND w.total + d.t <= 0 THEN -1 ELSE 0 END AS n
+        FROM d LEFT JOIN monitoring_windowtotal w ON w.preset = %s AND w.scope = d.scope
+            AND w.dimension = 'ipuser' AND w.key = d.key AND w.sub = d.sub
     )
+    SELECT key, SUM(n) FROM (
+        SELECT key, total AS n FROM monitoring_windowtotal
+        WHERE preset = %s AND dimension = '{windows.IP_USERS}' AND key = ANY(%s){in_scope}
+        UNION ALL SELECT key, n FROM change
+    ) AS u GROUP BY key
+    """  # noqa: S608 - built from constants
+    params = [*span_params, w.name, w.name, ips] + ([w.scopes] if scoped else [])
     rows = _window_fetch(w, sql, params)
     return None if rows is None else {key: int(n) for key, n in rows}
 
@@ -470,6 +540,7 @@ def timeline_counts(user, tr: TimeRange) -> dict[dt.datetime, dict[str, int]]:
         rows = (
             HourlyRollup.objects.visible_to(user)
             .filter(dimension=HourlyRollup.DOMAIN, hour__gte=tr.start, hour__lt=tr.end)
+            .filter(key__in=[n.lower() for n in user.domains.values_list("name", flat=True)])  # the unique index
             .annotate(bucket=DateBin(F("hour"), tr.bucket))
             .values("bucket", "result")
             .annotate(n=Sum("count"))

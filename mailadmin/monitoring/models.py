@@ -217,9 +217,11 @@ class WindowState(models.Model):
 class WindowTotal(models.Model):
     """Per-key totals over the hours of a WindowState, by scope ("" = every domain, else a domain).
 
-    dimension "ip" / "username" (every scope), "ipuser" (key = IP, sub = username: users
-    tried), and for domain scopes also "mechanism", "country", "listener", "result" — what
-    the overview ranks, so a 30-day top-N reads one row per key instead of 720 hour rows.
+    dimension "ip" / "username" (every scope), "ipuser" (key = IP, sub = username, kept
+    under the username's domain), and for domain scopes also "mechanism", "country",
+    "listener", "result" — what the overview ranks, so a 30-day top-N reads one row per
+    key instead of 720 hour rows. Derived: "ipusers" (per scope and IP, total = users
+    tried) and "attackers" (per scope, total = IPs with FAILURE_RESULTS attempts).
     """
 
     preset = models.CharField(max_length=4)
@@ -236,7 +238,11 @@ class WindowTotal(models.Model):
             models.UniqueConstraint(fields=["preset", "scope", "dimension", "key", "sub"], name="mon_window_unique"),
         ]
         # Users tried by an IP across every domain (the unique index leads with the scope).
-        indexes = [models.Index(fields=["preset", "dimension", "key"], name="mon_window_dim_key")]
+        indexes = [
+            models.Index(fields=["preset", "dimension", "key"], name="mon_window_dim_key"),
+            # Top-N of one scope: the busiest keys first.
+            models.Index(fields=["preset", "scope", "dimension", "-failures", "key"], name="mon_window_top"),
+        ]
 
     def __str__(self):
         return f"{self.preset} {self.scope or '*'} {self.dimension}={self.key} {self.sub}: {self.failures}"

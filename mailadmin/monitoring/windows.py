@@ -47,6 +47,10 @@ EVENT_KEYS = {
 # Dimensions kept for every domain (from events); the server-wide scope "" keeps ip and
 # username (from the hourly rollups). "ipuser" pairs are kept once, under the user's domain.
 DOMAIN_DIMENSIONS = ("ip", "username", "mechanism", "country", "listener", "result")
+# Derived rows kept with them: per (scope, IP) the number of users tried (its "ipuser" rows),
+# per scope the number of IPs with attacks (key ""), both in `total`.
+IP_USERS = "ipusers"
+ATTACKERS = "attackers"
 
 
 def sums_sql(result: str, n: str) -> str:
@@ -90,10 +94,34 @@ def _fold(window: str, a: dt.datetime, b: dt.datetime, sign: int) -> None:
         attacks = monitoring_windowtotal.attacks + EXCLUDED.attacks,
         total = monitoring_windowtotal.total + EXCLUDED.total
     """  # noqa: S608
+    params = {"window": window, "a": a, "b": b, "sign": sign}
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"window": window, "a": a, "b": b, "sign": sign})
+        cursor.execute(sql, params)
         if sign < 0:
             cursor.execute("DELETE FROM monitoring_windowtotal WHERE preset = %s AND total <= 0", [window])
+        # Derived rows: users tried per (domain, IP) for the IPs of these hours, attacking IPs per scope.
+        touched = "SELECT DISTINCT host(client_ip) FROM monitoring_authevent WHERE ts >= %(a)s AND ts < %(b)s"
+        cursor.execute(
+            f"DELETE FROM monitoring_windowtotal WHERE preset = %(window)s AND dimension = '{IP_USERS}' "  # noqa: S608
+            f"AND key IN ({touched})",
+            params,
+        )
+        cursor.execute(
+            f"""INSERT INTO monitoring_windowtotal (preset, scope, dimension, key, sub, failures, attacks, total)
+            SELECT %(window)s, scope, '{IP_USERS}', key, '', 0, 0, count(*) FROM monitoring_windowtotal
+            WHERE preset = %(window)s AND dimension = 'ipuser' AND key IN ({touched}) GROUP BY scope, key""",  # noqa: S608
+            params,
+        )
+        cursor.execute(
+            f"DELETE FROM monitoring_windowtotal WHERE preset = %(window)s AND dimension = '{ATTACKERS}'",  # noqa: S608
+            params,
+        )
+        cursor.execute(
+            f"""INSERT INTO monitoring_windowtotal (preset, scope, dimension, key, sub, failures, attacks, total)
+            SELECT %(window)s, scope, '{ATTACKERS}', '', '', 0, 0, count(*) FROM monitoring_windowtotal
+            WHERE preset = %(window)s AND dimension = 'ip' AND attacks > 0 GROUP BY scope""",  # noqa: S608
+            params,
+        )
 
 
 def bounds(window: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:

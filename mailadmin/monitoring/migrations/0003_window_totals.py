@@ -64,7 +64,10 @@ class Migration(migrations.Migration):
                         fields=("preset", "scope", "dimension", "key", "sub"), name="mon_window_unique"
                     )
                 ],
-                "indexes": [models.Index(fields=["preset", "dimension", "key"], name="mon_window_dim_key")],
+                "indexes": [
+                    models.Index(fields=["preset", "dimension", "key"], name="mon_window_dim_key"),
+                    models.Index(fields=["preset", "scope", "dimension", "-failures", "key"], name="mon_window_top"),
+                ],
             },
         ),
         migrations.RunPython(backfill, migrations.RunPython.noop),
