@@ -289,6 +289,14 @@ def _span_rows(w: Window, dimension: str):
     for start, end, sign in w.spans:
         if w.scopes is None:
             for table, column, a, b in _pieces_between(start, end):
+                if table == Rollup._meta.db_table and dimension == HourlyRollup.LISTENER:
+                    # No minute rollups of listeners: those minutes come from the events.
+                    parts.append(
+                        f"SELECT {windows.EVENT_KEYS[dimension]}, {windows.sums_sql('e.result', str(sign))} "  # noqa: S608
+                        "FROM monitoring_authevent e WHERE e.ts >= %s AND e.ts < %s"
+                    )
+                    params += [a, b]
+                    continue
                 sums = windows.sums_sql("result", f"{sign} * {count}")
                 parts.append(
                     f"SELECT key, {sums} FROM {connection.ops.quote_name(table)} "  # noqa: S608 - metadata, constants
@@ -438,11 +446,14 @@ def window_users_tried(w: Window, ips: list[str]) -> dict[str, int] | None:
 def latest_places(user, ips: list[str], tr: TimeRange) -> dict[str, tuple[str, int | None]]:
     """(country, ASN) of each IP's latest visible attempt in the range (PostgreSQL)."""
     scoped = not sees_everything(user)
-    in_scope = " AND e.domain_name = ANY(%s)" if scoped else ""
+    in_scope = " WHERE x.domain_name = ANY(%s)" if scoped else ""
+    # Newest first through the (client_ip, ts) index; OFFSET 0 keeps the domain filter out of
+    # the scan, so the planner does not walk the domain's events looking for this IP instead.
     sql = (
         "SELECT host(ip), e.country, e.asn FROM unnest(%s::inet[]) AS ip, LATERAL ("  # noqa: S608 - constants only
-        f"SELECT country, asn FROM monitoring_authevent e WHERE e.client_ip = ip AND e.ts >= %s AND e.ts < %s"
-        f"{in_scope} ORDER BY e.ts DESC LIMIT 1) AS e"
+        "SELECT x.country, x.asn FROM (SELECT country, asn, domain_name FROM monitoring_authevent "
+        "WHERE client_ip = ip AND ts >= %s AND ts < %s ORDER BY ts DESC OFFSET 0) AS x"
+        f"{in_scope} LIMIT 1) AS e"
     )
     params = [ips, tr.start, tr.end]
     if scoped:
@@ -634,7 +645,7 @@ def _failures_by(user, tr, dimension, event_field):
     """Failures per value of one dimension: window totals where kept (preset ranges; every
     dimension for domain admins, IPs and mailboxes server-wide), else rollups for full
     visibility and events for domain admins."""
-    kept = not sees_everything(user) or dimension in (Rollup.Dimension.IP, Rollup.Dimension.USERNAME)
+    kept = not sees_everything(user) or dimension in windows.GLOBAL_DIMENSIONS
     w = window_for(user, tr) if kept else None
     if w is not None:
         top = window_top(w, dimension)
@@ -675,11 +686,11 @@ def countries(user, tr: TimeRange) -> Table:
 
 
 def listeners(user, tr: TimeRange) -> Table:
-    """Failures per listener port and TLS (from events: the rollups have no listener dimension)."""
+    """Failures per listener port and TLS: window totals, hourly listener rows, events for the rest."""
 
     def compute():
         hours = hour_span(tr) if sees_everything(user) else None
-        w = window_for(user, tr) if not sees_everything(user) else None
+        w = window_for(user, tr)
         rows = window_top(w, HourlyRollup.LISTENER, limit=None) if w else None
         if rows is not None:
             totals = {parse_listener_key(key): n for key, n in rows}

@@ -44,9 +44,10 @@ EVENT_KEYS = {
     "listener": "coalesce(e.listener::text, '') || '|' || e.tls",
     "result": "e.result",
 }
-# Dimensions kept for every domain (from events); the server-wide scope "" keeps ip and
-# username (from the hourly rollups). "ipuser" pairs are kept once, under the user's domain.
+# Dimensions kept for every domain (from events); the server-wide scope "" keeps
+# GLOBAL_DIMENSIONS (from the hourly rollups). "ipuser" pairs are kept once, under the user's domain.
 DOMAIN_DIMENSIONS = ("ip", "username", "mechanism", "country", "listener", "result")
+GLOBAL_DIMENSIONS = ("ip", "username", "mechanism", "country", "listener")  # hourly rollup dimensions
 # Derived rows kept with them: per (scope, IP) the number of users tried (its "ipuser" rows),
 # per scope the number of IPs with attacks (key ""), both in `total`.
 IP_USERS = "ipusers"
@@ -68,7 +69,7 @@ def _fold_sql() -> str:
     return f"""
     SELECT '' AS scope, dimension, key, '' AS sub, {sums_sql("result", "count")}
     FROM monitoring_hourlyrollup
-    WHERE dimension IN ('ip', 'username') AND hour >= %(a)s AND hour < %(b)s
+    WHERE dimension IN ({", ".join(f"'{d}'" for d in GLOBAL_DIMENSIONS)}) AND hour >= %(a)s AND hour < %(b)s
     UNION ALL
     SELECT e.domain_name, d.dimension, d.key, d.sub,
         {sums_sql("e.result", "1")}
