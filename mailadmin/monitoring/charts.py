@@ -153,10 +153,19 @@ def sees_everything(user) -> bool:
     return bool(getattr(user, "sees_all_domains", False))
 
 
+def domain_names(user) -> list[str]:
+    """The user's domains, lower case, sorted; read once per request (the user object's lifetime)."""
+    names = getattr(user, "_monitoring_domains", None)
+    if names is None:
+        names = sorted(n.lower() for n in user.domains.values_list("name", flat=True))
+        user._monitoring_domains = names
+    return names
+
+
 def scope_key(user) -> str:
     if sees_everything(user):
         return "all"
-    names = sorted(n.lower() for n in user.domains.values_list("name", flat=True))
+    names = domain_names(user)
     return hashlib.sha256("|".join(names).encode()).hexdigest()[:16]
 
 
@@ -262,7 +271,15 @@ def window_for(user, tr: TimeRange) -> Window | None:
     """The window totals of this preset, when they are built, current and overlap the range."""
     if tr.preset not in windows.WINDOWS or not database_is_postgresql():
         return None
-    state = WindowState.objects.filter(preset=tr.preset, stale=False).values_list("version", "first", "cut").first()
+    # Read once per request (kept on the user object); every query re-checks the version.
+    states = getattr(user, "_monitoring_windows", None)
+    if states is None:
+        states = user._monitoring_windows = {}
+    if tr.preset not in states:
+        states[tr.preset] = (
+            WindowState.objects.filter(preset=tr.preset, stale=False).values_list("version", "first", "cut").first()
+        )
+    state = states[tr.preset]
     if state is None:
         return None
     version, first, cut = state
@@ -277,7 +294,7 @@ def window_for(user, tr: TimeRange) -> Window | None:
         spans.append((cut, tr.end, 1))
     elif tr.end < cut:
         spans.append((tr.end, cut, -1))
-    scopes = None if sees_everything(user) else sorted(n.lower() for n in user.domains.values_list("name", flat=True))
+    scopes = None if sees_everything(user) else domain_names(user)
     return Window(tr.preset, version, scopes, spans)
 
 
@@ -457,7 +474,7 @@ def latest_places(user, ips: list[str], tr: TimeRange) -> dict[str, tuple[str, i
     )
     params = [ips, tr.start, tr.end]
     if scoped:
-        params.append(sorted(n.lower() for n in user.domains.values_list("name", flat=True)))
+        params.append(domain_names(user))
     return {ip: (country, asn) for ip, country, asn in _fetch(sql, params)}
 
 
@@ -551,7 +568,7 @@ def timeline_counts(user, tr: TimeRange) -> dict[dt.datetime, dict[str, int]]:
         rows = (
             HourlyRollup.objects.visible_to(user)
             .filter(dimension=HourlyRollup.DOMAIN, hour__gte=tr.start, hour__lt=tr.end)
-            .filter(key__in=[n.lower() for n in user.domains.values_list("name", flat=True)])  # the unique index
+            .filter(key__in=domain_names(user))  # through the unique index
             .annotate(bucket=DateBin(F("hour"), tr.bucket))
             .values("bucket", "result")
             .annotate(n=Sum("count"))
