@@ -8,7 +8,10 @@ overview's data, each chart endpoint and filtered event searches.
 
 Events are generated inside PostgreSQL (generate_series, indexes dropped during the
 load and rebuilt after) and the rollups are built with INSERT … SELECT … GROUP BY,
-exactly as ingest would have accumulated them. Requests go through Django's test
+exactly as ingest would have accumulated them; then the 24 h / 7 d / 30 d window totals
+are built as the beat task monitoring.advance_windows would (--measure-only
+--build-windows rebuilds only those), and advance() runs before each case as the beat
+does every minute. Requests go through Django's test
 client (middleware, templates, JSON) with the chart cache cleared before each one,
 so the numbers are cold-cache costs; the polling overview normally hits the cache.
 """
