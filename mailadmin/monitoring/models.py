@@ -197,10 +197,10 @@ class HourlyRollup(models.Model):
 class WindowState(models.Model):
     """Which whole hours the WindowTotal rows of one preset range ("24h", "7d", "30d") hold.
 
-    Maintained by mailadmin.monitoring.windows (beat task): rows cover the hours
-    [first, cut). ``version`` changes with every change of the rows, so a reader can tell
-    that what it read belongs together; ``stale`` is set by ingest when events arrive for
-    hours already folded in (replay, late batches) and cleared by the next rebuild.
+    Maintained by mailadmin.monitoring.windows (beat task; ingest adds late events): rows
+    cover the hours [first, cut). ``version`` changes with every change of the rows, so a
+    reader can tell that what it read belongs together; ``stale`` means "not built yet"
+    (the next advance rebuilds it).
     """
 
     preset = models.CharField(max_length=4, primary_key=True)

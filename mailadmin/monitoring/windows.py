@@ -11,8 +11,8 @@ Maintenance (PostgreSQL only; elsewhere the charts read the rollups):
 - advance() — the beat task monitoring.advance_windows, every minute — adds the hours
   that ended FOLD_DELAY ago and subtracts the hours that left the range;
 - ingest calls note_late() with each batch: events of an hour already folded in
-  (replay, a batch delayed beyond FOLD_DELAY) mark the window stale, so readers stop
-  using it until the next advance() rebuilds it from the rollups and events.
+  (replay, a batch delayed beyond FOLD_DELAY) are added to the windows right there, in
+  ingest's transaction, with the derived rows (users tried, attacking IPs).
 """
 
 from __future__ import annotations
@@ -174,9 +174,10 @@ def advance(now: dt.datetime | None = None) -> dict:
 def note_late(rows: list[dict], now: dt.datetime | None = None) -> None:
     """Called by ingest, in its transaction, with the events it just inserted.
 
-    Events of hours a window has already folded in make that window stale (readers fall
-    back to the rollups; the next advance() rebuilds it). Live batches carry only events
-    of the current hour (or the previous one within FOLD_DELAY), so this costs nothing.
+    Events of hours a window has already folded in (replay, a batch delayed past
+    FOLD_DELAY) are added to that window here, with its derived rows, so the window
+    stays exact without a rebuild. Live batches carry only events of the current hour
+    (or the previous one within FOLD_DELAY): for them this is one comparison.
     """
     if not rows or connection.vendor != "postgresql":
         return
@@ -184,11 +185,66 @@ def note_late(rows: list[dict], now: dt.datetime | None = None) -> None:
     now = now or timezone.now()
     if oldest >= (now - FOLD_DELAY + LATE_MARGIN).replace(minute=0, second=0, microsecond=0):
         return
-    newest = max(row["ts"] for row in rows)
     # Lock first (every row, in one order): an advance() in progress finishes before we
     # look, and one that starts after us waits for our commit and then sees our events.
-    locked = list(WindowState.objects.select_for_update().order_by("preset").values_list("preset", flat=True))
-    if locked:
-        from django.db.models import F
+    states = list(WindowState.objects.select_for_update().order_by("preset"))
+    for state in states:
+        late = [row for row in rows if state.first <= row["ts"] < state.cut]
+        if late and not state.stale:
+            _add_rows(state.preset, late)
+            WindowState.objects.filter(preset=state.preset).update(version=state.version + 1)
 
-        WindowState.objects.filter(first__lte=newest, cut__gt=oldest).update(stale=True, version=F("version") + 1)
+
+def _contributions(rows: list[dict]) -> dict:
+    """(scope, dimension, key, sub) → [failures, attacks, total] of these events, keyed as
+    the fold keys them (hourly rollups for the "" scope, events for domains)."""
+    from mailadmin.monitoring.hourly import listener_key
+
+    out: dict = {}
+    for row in rows:
+        n = (int(row["result"] != Result.SUCCESS), int(row["result"] in FAILURE_RESULTS), 1)
+        ip, domain, listener = row["client_ip"], row["domain_name"], listener_key(row.get("listener"), row.get("tls"))
+        keys = [("", "ip", ip, ""), ("", "listener", listener, ""), (domain, "ipuser", ip, row["username"])]
+        keys += [("", dim, row[dim], "") for dim in ("username", "mechanism", "country") if row[dim]]
+        if domain:
+            keys += [(domain, "ip", ip, ""), (domain, "listener", listener, ""), (domain, "result", row["result"], "")]
+            keys += [(domain, dim, row[dim] or "", "") for dim in ("username", "mechanism", "country")]
+        for key in keys:
+            sums = out.setdefault(key, [0, 0, 0])
+            for i in range(3):
+                sums[i] += n[i]
+    return out
+
+
+def _upsert(window: str, items: list[tuple]) -> list[tuple]:
+    """Add (scope, dimension, key, sub, failures, attacks, total) rows; returns the new values."""
+    if not items:
+        return []
+    items = sorted(items)  # one lock order for concurrent batches
+    columns = list(zip(*items, strict=True))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """INSERT INTO monitoring_windowtotal (preset, scope, dimension, key, sub, failures, attacks, total)
+            SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
+                %s::bigint[])
+            ON CONFLICT (preset, scope, dimension, key, sub) DO UPDATE SET
+                failures = monitoring_windowtotal.failures + EXCLUDED.failures,
+                attacks = monitoring_windowtotal.attacks + EXCLUDED.attacks,
+                total = monitoring_windowtotal.total + EXCLUDED.total
+            RETURNING scope, dimension, key, sub, attacks, total""",
+            [window, *[list(c) for c in columns]],
+        )
+        return cursor.fetchall()
+
+
+def _add_rows(window: str, rows: list[dict]) -> None:
+    added = _contributions(rows)
+    after = _upsert(window, [(*key, *sums) for key, sums in added.items()])
+    derived: dict = {}
+    for scope, dimension, key, sub, attacks, total in after:
+        _f, a, t = added[(scope, dimension, key, sub)]
+        if dimension == "ip" and attacks - a <= 0 < attacks:  # an IP that starts attacking
+            derived[(scope, ATTACKERS, "", "")] = derived.get((scope, ATTACKERS, "", ""), 0) + 1
+        if dimension == "ipuser" and total - t <= 0 < total:  # a user this IP had not tried
+            derived[(scope, IP_USERS, key, "")] = derived.get((scope, IP_USERS, key, ""), 0) + 1
+    _upsert(window, [(*key, 0, 0, n) for key, n in derived.items()])

@@ -142,14 +142,24 @@ def test_overview_from_window_totals_is_exact_for_every_role_and_range(superadmi
     assert not WindowState.objects.filter(stale=True).exists()
     assert_exact(superadmin, admin_a, now)
 
-    # A replayed batch of last week's events: windows are stale (charts fall back), then rebuilt.
-    ingest(*[_random_event(rng, now - dt.timedelta(days=5, minutes=s)) for s in range(40)])
-    assert set(WindowState.objects.filter(stale=True).values_list("preset", flat=True)) == {"7d", "30d"}
-    for preset in ("7d", "30d"):
-        assert charts.window_for(fresh(superadmin), charts.preset_range(preset, now)) is None
-    assert_exact(superadmin, admin_a, now, via_windows=None)
-    assert windows.advance(now)["30d"] == "rebuilt"
-    assert_exact(superadmin, admin_a, now)
+    # A replayed batch of last week's and yesterday's events: added to the windows holding
+    # those hours by ingest itself (no rebuild), new IPs and users included.
+    versions = dict(WindowState.objects.values_list("preset", "version"))
+    late = [_random_event(rng, now - dt.timedelta(days=5, minutes=s)) for s in range(40)]
+    late += [event(client_ip="192.0.2.200", username="new@a.example", ts=now - dt.timedelta(hours=20))]
+    ingest(*late)
+    assert not WindowState.objects.filter(stale=True).exists()
+    assert {p: v - versions[p] for p, v in WindowState.objects.values_list("preset", "version")} == {
+        "24h": 1,
+        "7d": 1,
+        "30d": 1,
+    }
+    assert_exact(superadmin, admin_a, now, admin_ab=admin_ab)
+    incremental = totals()
+    for preset in windows.WINDOWS:
+        state = WindowState.objects.get(preset=preset)
+        windows.rebuild(preset, state.first, state.cut)
+    assert totals() == incremental
 
 
 @pytest.mark.django_db
