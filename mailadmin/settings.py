@@ -295,6 +295,7 @@ CELERY_TASK_ROUTES = {
     "monitoring.record_messages_sent": {"queue": "ingest"},
     "monitoring.run_scheduled_detectors": {"queue": "ingest"},
     "monitoring.prune_events": {"queue": "ingest"},
+    "monitoring.advance_windows": {"queue": "ingest"},
     "monitoring.send_alert_email": {"queue": "alerts"},
     "monitoring.send_digests": {"queue": "alerts"},
     "monitoring.send_owner_notice": {"queue": "alerts"},
@@ -305,6 +306,8 @@ CELERY_BEAT_SCHEDULE = {
     "monitoring-hourly-digest": {"task": "monitoring.send_digests", "schedule": 3600.0, "args": ["hourly"]},
     "monitoring-daily-digest": {"task": "monitoring.send_digests", "schedule": 86400.0, "args": ["daily"]},
     "monitoring-prune-events": {"task": "monitoring.prune_events", "schedule": 3600.0},
+    # The overview's 24 h / 7 d / 30 d window totals (mailadmin.monitoring.windows).
+    "monitoring-advance-windows": {"task": "monitoring.advance_windows", "schedule": 60.0},
 }
 
 # --- smtpd (the SMTP submission server; see README "SMTP submission server") ---

@@ -22,11 +22,21 @@ from dataclasses import dataclass, field
 
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, DateTimeField, F, Func, Max, Q, Sum
+from django.db.models import CharField, Count, DateTimeField, F, Func, Max, Q, Sum
 from django.utils import timezone
 
+from mailadmin.monitoring import windows
 from mailadmin.monitoring.hourly import parse_listener_key
-from mailadmin.monitoring.models import FAILURE_RESULTS, Alert, AuthEvent, Block, HourlyRollup, Result, Rollup
+from mailadmin.monitoring.models import (
+    FAILURE_RESULTS,
+    Alert,
+    AuthEvent,
+    Block,
+    HourlyRollup,
+    Result,
+    Rollup,
+    WindowState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +153,19 @@ def sees_everything(user) -> bool:
     return bool(getattr(user, "sees_all_domains", False))
 
 
+def domain_names(user) -> list[str]:
+    """The user's domains, lower case, sorted; read once per request (the user object's lifetime)."""
+    names = getattr(user, "_monitoring_domains", None)
+    if names is None:
+        names = sorted(n.lower() for n in user.domains.values_list("name", flat=True))
+        user._monitoring_domains = names
+    return names
+
+
 def scope_key(user) -> str:
     if sees_everything(user):
         return "all"
-    names = sorted(n.lower() for n in user.domains.values_list("name", flat=True))
+    names = domain_names(user)
     return hashlib.sha256("|".join(names).encode()).hexdigest()[:16]
 
 
@@ -172,12 +191,16 @@ def hour_span(tr: TimeRange) -> tuple[dt.datetime, dt.datetime] | None:
 
 def _rollup_pieces(tr: TimeRange):
     """(table, time column, start, end) pieces that together cover the range once."""
+    return _pieces_between(tr.start, tr.end)
+
+
+def _pieces_between(start: dt.datetime, end: dt.datetime):
+    """(table, time column, start, end): hourly rows for the whole hours, minute rows for the rest."""
     rollup, hourly = Rollup._meta.db_table, HourlyRollup._meta.db_table
-    hours = hour_span(tr)
-    if hours is None:
-        return [(rollup, "minute", tr.start, tr.end)]
-    pieces = [(rollup, "minute", tr.start, hours[0]), (hourly, "hour", hours[0], hours[1])]
-    pieces.append((rollup, "minute", hours[1], tr.end))
+    first, last = ceil_to(start, HOUR), floor_to(end, HOUR)
+    if first >= last:
+        return [(rollup, "minute", start, end)]
+    pieces = [(rollup, "minute", start, first), (hourly, "hour", first, last), (rollup, "minute", last, end)]
     return [p for p in pieces if p[2] < p[3]]
 
 
@@ -229,6 +252,243 @@ def _cached(name, user, tr: TimeRange, compute):
         except Exception:
             log.warning("charts: cache unreachable", exc_info=True)
     return value
+
+
+# --- window totals (mailadmin.monitoring.windows) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """Window totals usable for a preset range: the window's sums plus `spans` give the range."""
+
+    name: str
+    version: int
+    scopes: list[str] | None  # None: every domain; else the user's domains
+    spans: list[tuple[dt.datetime, dt.datetime, int]]  # (start, end, +1/-1) to add to the sums
+
+
+def window_for(user, tr: TimeRange) -> Window | None:
+    """The window totals of this preset, when they are built, current and overlap the range."""
+    if tr.preset not in windows.WINDOWS or not database_is_postgresql():
+        return None
+    # Read once per request (kept on the user object); every query re-checks the version.
+    states = getattr(user, "_monitoring_windows", None)
+    if states is None:
+        states = user._monitoring_windows = {}
+    if tr.preset not in states:
+        states[tr.preset] = (
+            WindowState.objects.filter(preset=tr.preset, stale=False).values_list("version", "first", "cut").first()
+        )
+    state = states[tr.preset]
+    if state is None:
+        return None
+    version, first, cut = state
+    if not (first < cut and first < tr.end and cut > tr.start):
+        return None
+    spans = []
+    if tr.start < first:
+        spans.append((tr.start, first, 1))
+    elif first < tr.start:
+        spans.append((first, tr.start, -1))
+    if cut < tr.end:
+        spans.append((cut, tr.end, 1))
+    elif tr.end < cut:
+        spans.append((tr.end, cut, -1))
+    scopes = None if sees_everything(user) else domain_names(user)
+    return Window(tr.preset, version, scopes, spans)
+
+
+def _span_rows(w: Window, dimension: str):
+    """SQL rows (key, f, a, t): failures, attacks and attempts to add (or subtract) to the
+    window's totals for the range — from the rollups (every domain) or the domains' events."""
+    count = connection.ops.quote_name("count")
+    parts, params = [], []
+    for start, end, sign in w.spans:
+        if w.scopes is None:
+            for table, column, a, b in _pieces_between(start, end):
+                if table == Rollup._meta.db_table and dimension == HourlyRollup.LISTENER:
+                    # No minute rollups of listeners: those minutes come from the events.
+                    parts.append(
+                        f"SELECT {windows.EVENT_KEYS[dimension]}, {windows.sums_sql('e.result', str(sign))} "  # noqa: S608
+                        "FROM monitoring_authevent e WHERE e.ts >= %s AND e.ts < %s"
+                    )
+                    params += [a, b]
+                    continue
+                sums = windows.sums_sql("result", f"{sign} * {count}")
+                parts.append(
+                    f"SELECT key, {sums} FROM {connection.ops.quote_name(table)} "  # noqa: S608 - metadata, constants
+                    f"WHERE dimension = %s AND {column} >= %s AND {column} < %s"
+                )
+                params += [dimension, a, b]
+        else:
+            parts.append(
+                f"SELECT {windows.EVENT_KEYS[dimension]}, {windows.sums_sql('e.result', str(sign))} "  # noqa: S608
+                "FROM monitoring_authevent e WHERE e.domain_name = ANY(%s) AND e.ts >= %s AND e.ts < %s"
+            )
+            params += [w.scopes, start, end]
+    if not parts:
+        return "SELECT ''::varchar, 0::bigint, 0::bigint, 0::bigint WHERE false", []
+    return " UNION ALL ".join(parts), params
+
+
+def _window_union(w: Window, dimension: str):
+    """SQL rows (key, f, a, t) whose sums per key are the range's failures, attacks and attempts."""
+    spans, span_params = _span_rows(w, dimension)
+    scope = "scope = ''" if w.scopes is None else "scope = ANY(%s)"
+    sql = (
+        "SELECT key, failures, attacks, total FROM monitoring_windowtotal "  # noqa: S608 - constants
+        f"WHERE preset = %s AND dimension = %s AND {scope} AND sub = '' UNION ALL {spans}"
+    )
+    return sql, [w.name, dimension] + ([] if w.scopes is None else [w.scopes]) + span_params
+
+
+def _single_scope(w: Window) -> str | None:
+    """The one scope ("" = every domain) a reader sees, None for several domains."""
+    if w.scopes is None:
+        return ""
+    return w.scopes[0] if len(w.scopes) == 1 else None
+
+
+def _window_fetch(w: Window, sql, params):
+    """Rows of a query over the window, or None if the window changed meanwhile (then: rollups)."""
+    rows = _fetch(sql, params)
+    if WindowState.objects.filter(preset=w.name).values_list("version", "stale").first() != (w.version, False):
+        return None
+    return rows
+
+
+def window_top(w: Window, dimension: str, limit: int | None = TOP_LIMIT) -> list[tuple[str, int]] | None:
+    """Failures per key over the range, most first (ties by key).
+
+    One scope: the candidates are the window's busiest `limit` keys (plus one per key the
+    spans lower) and every key in the spans — no other key can rank above them, since
+    its count is its window count. Several domains: every key of theirs is summed.
+    """
+    scope = _single_scope(w)
+    if limit is None or scope is None:
+        union, params = _window_union(w, dimension)
+        sql = (
+            f"SELECT key, SUM(f) AS n FROM ({union}) AS r (key, f, a, t) "  # noqa: S608 - built from constants
+            "GROUP BY key HAVING SUM(f) > 0 ORDER BY n DESC, key"
+        )
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(limit)
+    else:
+        spans, span_params = _span_rows(w, dimension)
+        sql = f"""
+        WITH d AS (SELECT key, SUM(f) AS f FROM ({spans}) AS s (key, f, a, t) GROUP BY key),
+        c AS (
+            (SELECT key FROM monitoring_windowtotal WHERE preset = %s AND scope = %s AND dimension = %s
+             ORDER BY failures DESC, key LIMIT %s + (SELECT count(*) FROM d WHERE f < 0))
+            UNION SELECT key FROM d
+        )
+        SELECT c.key, COALESCE(w.failures, 0) + COALESCE(d.f, 0) AS n FROM c
+        LEFT JOIN monitoring_windowtotal w
+            ON w.preset = %s AND w.scope = %s AND w.dimension = %s AND w.key = c.key AND w.sub = ''
+        LEFT JOIN d ON d.key = c.key
+        WHERE COALESCE(w.failures, 0) + COALESCE(d.f, 0) > 0
+        ORDER BY n DESC, c.key LIMIT %s
+        """  # noqa: S608 - built from constants
+        params = [*span_params, w.name, scope, dimension, limit, w.name, scope, dimension, limit]
+    rows = _window_fetch(w, sql, params)
+    return None if rows is None else [(key, int(n)) for key, n in rows]
+
+
+def window_attackers(w: Window) -> int | None:
+    """Distinct IPs with at least one FAILURE_RESULTS attempt in the range.
+
+    One scope: the window's count, corrected for the IPs the spans bring in or take out.
+    """
+    scope = _single_scope(w)
+    if scope is None:
+        union, params = _window_union(w, Rollup.Dimension.IP)
+        sql = (
+            f"SELECT count(*) FROM (SELECT key FROM ({union}) AS r (key, f, a, t) GROUP BY key HAVING SUM(a) > 0) AS k"  # noqa: S608
+        )
+    else:
+        spans, span_params = _span_rows(w, Rollup.Dimension.IP)
+        sql = f"""
+        WITH d AS (SELECT key, SUM(a) AS a FROM ({spans}) AS s (key, f, a, t) GROUP BY key),
+        j AS (
+            SELECT COALESCE(w.attacks, 0) AS before, COALESCE(w.attacks, 0) + d.a AS after FROM d
+            LEFT JOIN monitoring_windowtotal w
+                ON w.preset = %s AND w.scope = %s AND w.dimension = 'ip' AND w.key = d.key AND w.sub = ''
+        )
+        SELECT COALESCE((SELECT SUM(total) FROM monitoring_windowtotal WHERE preset = %s AND scope = %s
+                         AND dimension = '{windows.ATTACKERS}' AND key = '' AND sub = ''), 0)
+            + (SELECT count(*) FROM j WHERE before <= 0 AND after > 0)
+            - (SELECT count(*) FROM j WHERE before > 0 AND after <= 0)
+        """  # noqa: S608 - built from constants
+        params = [*span_params, w.name, scope, w.name, scope]
+    rows = _window_fetch(w, sql, params)
+    return None if rows is None else int(rows[0][0])
+
+
+def window_users_tried(w: Window, ips: list[str]) -> dict[str, int] | None:
+    """Distinct usernames tried (any result) per IP over the range: the window's count per
+    (domain, IP), corrected by the (IP, username) pairs the spans bring in or take out."""
+    scoped = w.scopes is not None
+    in_scope = " AND scope = ANY(%s)" if scoped else ""
+    e_scope = " AND e.domain_name = ANY(%s)" if scoped else ""
+    spans, span_params = [], []
+    for start, end, sign in w.spans:
+        spans.append(
+            f"SELECT host(e.client_ip), e.domain_name, e.username, {sign} FROM monitoring_authevent e "  # noqa: S608
+            f"WHERE e.client_ip = ANY(%s::inet[]) AND e.ts >= %s AND e.ts < %s{e_scope}"
+        )
+        span_params += [ips, start, end] + ([w.scopes] if scoped else [])
+    if not spans:
+        spans = ["SELECT ''::text, ''::varchar, ''::varchar, 0 WHERE false"]
+    sql = f"""
+    WITH d AS (SELECT key, scope, sub, SUM(t) AS t FROM ({" UNION ALL ".join(spans)}) AS s (key, scope, sub, t)
+               GROUP BY key, scope, sub),
+    change AS (
+        SELECT d.key, CASE WHEN COALESCE(w.total, 0) <= 0 AND COALESCE(w.total, 0) + d.t > 0 THEN 1
+                           WHEN w.total > 0 AND w.total + d.t <= 0 THEN -1 ELSE 0 END AS n
+        FROM d LEFT JOIN monitoring_windowtotal w ON w.preset = %s AND w.scope = d.scope
+            AND w.dimension = 'ipuser' AND w.key = d.key AND w.sub = d.sub
+    )
+    SELECT key, SUM(n) FROM (
+        SELECT key, total AS n FROM monitoring_windowtotal
+        WHERE preset = %s AND dimension = '{windows.IP_USERS}' AND key = ANY(%s){in_scope}
+        UNION ALL SELECT key, n FROM change
+    ) AS u GROUP BY key
+    """  # noqa: S608 - built from constants
+    params = [*span_params, w.name, w.name, ips] + ([w.scopes] if scoped else [])
+    rows = _window_fetch(w, sql, params)
+    return None if rows is None else {key: int(n) for key, n in rows}
+
+
+def latest_places(user, ips: list[str], tr: TimeRange) -> dict[str, tuple[str, int | None]]:
+    """(country, ASN) of each IP's latest visible attempt in the range (PostgreSQL)."""
+    scoped = not sees_everything(user)
+    in_scope = " WHERE x.domain_name = ANY(%s)" if scoped else ""
+    # Newest first through the (client_ip, ts) index; OFFSET 0 keeps the domain filter out of
+    # the scan, so the planner does not walk the domain's events looking for this IP instead.
+    sql = (
+        "SELECT host(ip), e.country, e.asn FROM unnest(%s::inet[]) AS ip, LATERAL ("  # noqa: S608 - constants only
+        "SELECT x.country, x.asn FROM (SELECT country, asn, domain_name FROM monitoring_authevent "
+        "WHERE client_ip = ip AND ts >= %s AND ts < %s ORDER BY ts DESC OFFSET 0) AS x"
+        f"{in_scope} LIMIT 1) AS e"
+    )
+    params = [ips, tr.start, tr.end]
+    if scoped:
+        params.append(domain_names(user))
+    return {ip: (country, asn) for ip, country, asn in _fetch(sql, params)}
+
+
+class HostText(Func):
+    """An IP address as text ("192.0.2.7", no prefix length), as the rollups key it."""
+
+    output_field = CharField()
+
+    def as_postgresql(self, compiler, conn, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"host({sql})", params
+
+    def as_sql(self, compiler, conn, **extra):  # SQLite stores the text already
+        return compiler.compile(self.source_expressions[0])
 
 
 class DateBin(Func):
@@ -298,6 +558,17 @@ def timeline_counts(user, tr: TimeRange) -> dict[dt.datetime, dict[str, int]]:
         # Hour-multiple buckets (aligned to the hour like every bucket): hourly rows only.
         rows = (
             HourlyRollup.objects.filter(dimension=Rollup.Dimension.ALL, hour__gte=tr.start, hour__lt=tr.end)
+            .annotate(bucket=DateBin(F("hour"), tr.bucket))
+            .values("bucket", "result")
+            .annotate(n=Sum("count"))
+            .order_by()
+        )
+    elif tr.bucket % HOUR == dt.timedelta(0):
+        # A domain admin's long ranges: the hourly "domain" rows of their domains.
+        rows = (
+            HourlyRollup.objects.visible_to(user)
+            .filter(dimension=HourlyRollup.DOMAIN, hour__gte=tr.start, hour__lt=tr.end)
+            .filter(key__in=domain_names(user))  # through the unique index
             .annotate(bucket=DateBin(F("hour"), tr.bucket))
             .values("bucket", "result")
             .annotate(n=Sum("count"))
@@ -374,6 +645,11 @@ def reasons(user, tr: TimeRange) -> Table:
             sql = f"SELECT result, SUM(n) AS total FROM ({union}) AS r GROUP BY result ORDER BY total DESC, result"  # noqa: S608
             data = [[labels.get(result, result), int(n)] for result, n in _fetch(sql, params)]
             return _bar("reasons", "Failures by reason", ["Reason", "Failures"], data)
+        w = window_for(user, tr)
+        top = window_top(w, "result", limit=None) if w else None
+        if top is not None:
+            data = [[labels.get(result, result), n] for result, n in top]
+            return _bar("reasons", "Failures by reason", ["Reason", "Failures"], data)
         rows = scoped_events(user).filter(ts__gte=tr.start, ts__lt=tr.end).values("result").annotate(n=Count("id"))
         rows = rows.exclude(result=Result.SUCCESS).order_by("-n", "result")
         data = [[labels.get(r["result"], r["result"]), int(r["n"])] for r in rows]
@@ -383,20 +659,31 @@ def reasons(user, tr: TimeRange) -> Table:
 
 
 def _failures_by(user, tr, dimension, event_field):
-    """Failures per value of one dimension: rollups for full visibility, events otherwise."""
+    """Failures per value of one dimension: window totals where kept (preset ranges; every
+    dimension for domain admins, IPs and mailboxes server-wide), else rollups for full
+    visibility and events for domain admins."""
+    kept = not sees_everything(user) or dimension in windows.GLOBAL_DIMENSIONS
+    w = window_for(user, tr) if kept else None
+    if w is not None:
+        top = window_top(w, dimension)
+        if top is not None:
+            return top
     if sees_everything(user):
         union, params = _rollup_union(dimension, tr, exclude_success=True)
         sql = f"SELECT key, SUM(n) AS total FROM ({union}) AS r GROUP BY key ORDER BY total DESC, key LIMIT %s"  # noqa: S608
         return [(key, int(n)) for key, n in _fetch(sql, [*params, TOP_LIMIT])]
+    # IPs as text, so ties come in the same order as from the rollups and window totals.
+    value = HostText(F(event_field)) if event_field == "client_ip" else F(event_field)
     qs = (
         scoped_events(user)
         .filter(ts__gte=tr.start, ts__lt=tr.end)
         .exclude(result=Result.SUCCESS)
-        .values(event_field)
+        .annotate(value=value)
+        .values("value")
         .annotate(n=Count("id"))
-        .order_by("-n", event_field)[:TOP_LIMIT]
+        .order_by("-n", "value")[:TOP_LIMIT]
     )
-    return [(r[event_field], int(r["n"])) for r in qs]
+    return [(r["value"], int(r["n"])) for r in qs]
 
 
 def mechanisms(user, tr: TimeRange) -> Table:
@@ -416,11 +703,16 @@ def countries(user, tr: TimeRange) -> Table:
 
 
 def listeners(user, tr: TimeRange) -> Table:
-    """Failures per listener port and TLS (from events: the rollups have no listener dimension)."""
+    """Failures per listener port and TLS: window totals, hourly listener rows, events for the rest."""
 
     def compute():
         hours = hour_span(tr) if sees_everything(user) else None
-        if hours is None:
+        w = window_for(user, tr)
+        rows = window_top(w, HourlyRollup.LISTENER, limit=None) if w else None
+        if rows is not None:
+            totals = {parse_listener_key(key): n for key, n in rows}
+            top = [(listener, tls, n) for (listener, tls), n in _ordered_listeners(totals)]
+        elif hours is None:
             qs = (
                 scoped_events(user)
                 .filter(ts__gte=tr.start, ts__lt=tr.end)
@@ -459,8 +751,13 @@ def _listener_failures(tr: TimeRange, hours) -> list[tuple[int | None, str, int]
     for row in ends.exclude(result=Result.SUCCESS).values("listener", "tls").annotate(n=Count("id")).order_by():
         pair = (row["listener"], row["tls"])
         totals[pair] = totals.get(pair, 0) + int(row["n"])
+    return [(listener, tls, n) for (listener, tls), n in _ordered_listeners(totals)]
+
+
+def _ordered_listeners(totals: dict) -> list:
+    """As the events query orders them: count descending, then port (web last), then TLS."""
     ordered = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0][0] is None, kv[0][0] or 0, kv[0][1]))
-    return [(listener, tls, n) for (listener, tls), n in ordered[:TOP_LIMIT] if n]
+    return [item for item in ordered if item[1]][:TOP_LIMIT]
 
 
 def top_users(user, tr: TimeRange) -> Table:
@@ -471,20 +768,34 @@ def top_users(user, tr: TimeRange) -> Table:
     return _cached("top_users", user, tr, compute)
 
 
+def _event_details(user, ips: list[str], tr: TimeRange) -> dict:
+    """Users tried, country and ASN per IP, from the visible events of the range."""
+    return {
+        r["client_ip"]: r
+        for r in scoped_events(user)
+        .filter(client_ip__in=ips, ts__gte=tr.start, ts__lt=tr.end)
+        .values("client_ip")
+        .annotate(users=Count("username", distinct=True), country=Max("country"), asn=Max("asn"))
+        .order_by()
+    }
+
+
 def top_ips(user, tr: TimeRange) -> Table:
     """Top failing IPs with country, ASN, users tried and whether a block is active now."""
 
     def compute():
         failing = _failures_by(user, tr, Rollup.Dimension.IP, "client_ip")
         ips = [ip for ip, _ in failing]
-        details = {
-            r["client_ip"]: r
-            for r in scoped_events(user)
-            .filter(client_ip__in=ips, ts__gte=tr.start, ts__lt=tr.end)
-            .values("client_ip")
-            .annotate(users=Count("username", distinct=True), country=Max("country"), asn=Max("asn"))
-            .order_by()
-        }
+        w = window_for(user, tr)
+        users = window_users_tried(w, ips) if w and ips else None
+        if users is not None:
+            places = latest_places(user, ips, tr)
+            details = {}
+            for ip in ips:
+                country, asn = places.get(ip, ("", None))
+                details[ip] = {"users": users.get(ip, 0), "country": country, "asn": asn}
+        else:
+            details = _event_details(user, ips, tr)
         blocked = set(
             Block.objects.visible_to(user)
             .active()
@@ -516,10 +827,12 @@ CHARTS = {
 def counters(user, tr: TimeRange) -> dict:
     def compute():
         series = timeline(user, tr).series
-        if sees_everything(user):
+        w = window_for(user, tr)
+        attackers = window_attackers(w) if w else None
+        if attackers is None and sees_everything(user):
             union, params = _rollup_union(Rollup.Dimension.IP, tr, results=FAILURE_RESULTS)
             attackers = _fetch(f"SELECT COUNT(DISTINCT key) FROM ({union}) AS r", params)[0][0]  # noqa: S608
-        else:
+        elif attackers is None:
             attackers = (
                 scoped_events(user)
                 .filter(ts__gte=tr.start, ts__lt=tr.end, result__in=FAILURE_RESULTS)
@@ -591,12 +904,26 @@ def around(first: dt.datetime, last: dt.datetime, margin: dt.timedelta) -> TimeR
     return TimeRange(start=floor_to(start, bucket), end=ceil_to(end, bucket), bucket=bucket, preset="custom")
 
 
-# Rules whose firing can be estimated from rollups: rule → (dimension, threshold param).
+# Rules whose firing can be estimated from rollups: rule → (dimension, threshold param, results
+# counted). A threshold param of None: one attempt in a window fires it.
 PREVIEWABLE = {
-    "ip_bruteforce": (Rollup.Dimension.IP, "failures"),
-    "low_and_slow": (Rollup.Dimension.IP, "failures"),
-    "account_bruteforce": (Rollup.Dimension.USERNAME, "distinct_fingerprints"),
-    "surge": (Rollup.Dimension.ALL, "min_failures"),
+    "ip_bruteforce": (Rollup.Dimension.IP, "failures", FAILURE_RESULTS),
+    "low_and_slow": (Rollup.Dimension.IP, "failures", FAILURE_RESULTS),
+    "account_bruteforce": (Rollup.Dimension.USERNAME, "distinct_fingerprints", FAILURE_RESULTS),
+    "surge": (Rollup.Dimension.ALL, "min_failures", FAILURE_RESULTS),
+    "cleartext": (Rollup.Dimension.IP, None, (Result.TLS_REQUIRED,)),
+}
+# Why the others have no preview (shown on the settings page).
+NOT_PREVIEWABLE = {
+    "spray": "it counts distinct users and tries per user from an address; the rollups keep only totals per address",
+    "stuffing": "it needs the distinct users per address or AS; the rollups keep only totals per address",
+    "slow_distributed": "it needs the distinct addresses and passwords per user; the rollups keep only totals",
+    "success_after_attack": "it depends on earlier alerts and each user's known addresses, not on counts",
+    "new_country": "it compares each success with the user's own history of countries, which rollups do not keep",
+    "new_asn": "it compares each success with the user's own history of networks, which rollups do not keep",
+    "impossible_travel": "it needs the places and times of each user's successive logins",
+    "dormant": "it needs each user's previous login, which rollups do not keep",
+    "stale_client": "it needs the password fingerprints and networks of each user",
 }
 
 
@@ -605,14 +932,15 @@ def preview_rule(rule: str, params: dict, *, days: int = 7, now=None) -> int | N
 
     An estimate in rollup terms: failures (FAILURE_RESULTS) per entity in tumbling
     windows of the rule's window_minutes, counting windows that reach the
-    threshold. Per-credential and per-user distinctness are not in the rollups,
-    so those rules count failures instead (an upper bound). None: not estimable.
+    threshold (cleartext: windows with a tls_required attempt per address). Per-credential
+    and per-user distinctness are not in the rollups, so those rules count failures
+    instead (an upper bound). None: not estimable (NOT_PREVIEWABLE says why).
     """
     if rule not in PREVIEWABLE:
         return None
-    dimension, threshold_name = PREVIEWABLE[rule]
+    dimension, threshold_name, results = PREVIEWABLE[rule]
     try:
-        threshold = int(params[threshold_name])
+        threshold = 1 if threshold_name is None else int(params[threshold_name])
         window = dt.timedelta(minutes=int(params.get("window_minutes", 10)))
     except (KeyError, TypeError, ValueError):
         return None
@@ -621,7 +949,7 @@ def preview_rule(rule: str, params: dict, *, days: int = 7, now=None) -> int | N
     end = timezone.now() if now is None else now
     start = end - dt.timedelta(days=days)
     qs = (
-        Rollup.objects.filter(dimension=dimension, minute__gte=start, minute__lt=end, result__in=FAILURE_RESULTS)
+        Rollup.objects.filter(dimension=dimension, minute__gte=start, minute__lt=end, result__in=results)
         .annotate(window=DateBin(F("minute"), window))
         .values("key", "window")
         .annotate(n=Sum("count"))

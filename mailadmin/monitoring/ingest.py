@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from mailadmin.monitoring import enrich, hourly
+from mailadmin.monitoring import enrich, hourly, windows
 from mailadmin.monitoring.blocks import prefix_of
 from mailadmin.monitoring.models import AuthEvent, Result, Rollup, domain_of
 
@@ -381,6 +381,7 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
             minute_counts = rollup_counts(new_rows)
             upsert_rollups(minute_counts)
             hourly.upsert_hourly_rollups(new_rows, minute_counts)
+            windows.note_late(new_rows, now)
     report.inserted = len(new_rows)
     report.duplicates += len(rows) - len(new_rows)
     if new_rows and detect:

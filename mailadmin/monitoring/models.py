@@ -172,6 +172,7 @@ class HourlyRollup(models.Model):
     """
 
     LISTENER = "listener"
+    DOMAIN = "domain"
 
     hour = models.DateTimeField()
     dimension = models.CharField(max_length=10)
@@ -191,6 +192,60 @@ class HourlyRollup(models.Model):
 
     def __str__(self):
         return f"{self.hour:%Y-%m-%d %H:00} {self.dimension}={self.key} {self.result}: {self.count}"
+
+
+class WindowState(models.Model):
+    """Which whole hours the WindowTotal rows of one preset range ("24h", "7d", "30d") hold.
+
+    Maintained by mailadmin.monitoring.windows (beat task; ingest adds late events): rows
+    cover the hours [first, cut). ``version`` changes with every change of the rows, so a
+    reader can tell that what it read belongs together; ``stale`` means "not built yet"
+    (the next advance rebuilds it).
+    """
+
+    preset = models.CharField(max_length=4, primary_key=True)
+    first = models.DateTimeField()
+    cut = models.DateTimeField()
+    version = models.BigIntegerField(default=0)
+    stale = models.BooleanField(default=False)
+    updated = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"{self.preset}: [{self.first:%Y-%m-%d %H:00}, {self.cut:%Y-%m-%d %H:00})"
+
+
+class WindowTotal(models.Model):
+    """Per-key totals over the hours of a WindowState, by scope ("" = every domain, else a domain).
+
+    dimension "ip" / "username" (every scope), "ipuser" (key = IP, sub = username, kept
+    under the username's domain), and for domain scopes also "mechanism", "country",
+    "listener", "result" — what the overview ranks, so a 30-day top-N reads one row per
+    key instead of 720 hour rows. Derived: "ipusers" (per scope and IP, total = users
+    tried) and "attackers" (per scope, total = IPs with FAILURE_RESULTS attempts).
+    """
+
+    preset = models.CharField(max_length=4)
+    scope = models.CharField(max_length=253, blank=True)
+    dimension = models.CharField(max_length=10)
+    key = models.CharField(max_length=320, blank=True)
+    sub = models.CharField(max_length=320, blank=True)
+    failures = models.BigIntegerField(default=0)  # result other than success
+    attacks = models.BigIntegerField(default=0)  # FAILURE_RESULTS
+    total = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["preset", "scope", "dimension", "key", "sub"], name="mon_window_unique"),
+        ]
+        # Users tried by an IP across every domain (the unique index leads with the scope).
+        indexes = [
+            models.Index(fields=["preset", "dimension", "key"], name="mon_window_dim_key"),
+            # Top-N of one scope: the busiest keys first.
+            models.Index(fields=["preset", "scope", "dimension", "-failures", "key"], name="mon_window_top"),
+        ]
+
+    def __str__(self):
+        return f"{self.preset} {self.scope or '*'} {self.dimension}={self.key} {self.sub}: {self.failures}"
 
 
 class SentCount(models.Model):

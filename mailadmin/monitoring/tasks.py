@@ -88,3 +88,10 @@ def prune_events():
     from mailadmin.monitoring.retention import prune
 
     return prune()
+
+
+@shared_task(name="monitoring.advance_windows")
+def advance_windows():
+    from mailadmin.monitoring.windows import advance
+
+    return advance()

@@ -72,3 +72,14 @@ def test_roles(client_a, login_as, auditor, rule):
     response = auditor_client.post(reverse("monitoring:detector_edit", args=["ip_bruteforce"]), {"failures": "1"})
     assert response.status_code == 403
     assert auditor_client.get(reverse("monitoring:detector_edit", args=["nope"])).status_code == 404
+
+
+def test_cleartext_preview_counts_addresses_per_window_and_others_say_why(super_client, db):
+    base = charts.floor_to(timezone.now() - dt.timedelta(days=1), dt.timedelta(hours=1))
+    refused = [event(client_ip=ip, result="tls_required", tls="", ts=base) for ip in ("203.0.113.1", "203.0.113.2")]
+    refused += [event(client_ip="203.0.113.1", result="tls_required", tls="", ts=base + dt.timedelta(hours=3))]
+    ingest(*refused, event(client_ip="203.0.113.3", result="bad_credentials", ts=base))
+    assert charts.preview_rule("cleartext", {"window_minutes": 60}) == 3
+    assert charts.preview_rule("cleartext", {"window_minutes": 1440}) in (2, 3)  # depends on the day boundary
+    response = super_client.post(reverse("monitoring:detector_preview", args=["spray"]), {})
+    assert b"distinct users and tries per user" in response.content

@@ -49,7 +49,7 @@ def minute_rollups_by_hour() -> Counter:
 
 def hourly_rollups(*, listener: bool) -> Counter:
     rows = HourlyRollup.objects.all()
-    rows = rows.filter(dimension="listener") if listener else rows.exclude(dimension="listener")
+    rows = rows.filter(dimension="listener") if listener else rows.exclude(dimension__in=["listener", "domain"])
     return Counter({(r.dimension, r.key, r.hour, r.result): r.count for r in rows})
 
 

@@ -51,6 +51,7 @@ def rules() -> dict:
             "setting": setting,
             "title": titles().get(rule, rule.replace("_", " ")),
             "previewable": rule in charts.PREVIEWABLE,
+            "why_no_preview": charts.NOT_PREVIEWABLE.get(rule, ""),
         }
     return out
 
@@ -145,5 +146,5 @@ def detector_preview(request, rule):
     return render(
         request,
         "monitoring/_detector_preview.html",
-        {"errors": errors, "fired": fired, "previewable": info["previewable"]},
+        {"errors": errors, "fired": fired, "previewable": info["previewable"], "why": info["why_no_preview"]},
     )

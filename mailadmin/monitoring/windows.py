@@ -1,0 +1,250 @@
+"""Window totals: per-key sums over the whole hours of the overview's long preset ranges.
+
+The overview ranks IPs, mailboxes, … over 24 h, 7 d and 30 d. Summing hour rows per key
+costs ~700 k rows for 30 days of a busy server; WindowTotal keeps, per preset range, one
+row per key with the sums over the hours [first, cut) of a WindowState. Charts add the
+rest of their exact range (the partial hours at the ends, the hours since `cut`, minus
+hours the window still holds at its start) from the rollups or events, so every number
+stays exactly what the events say (mailadmin.monitoring.charts).
+
+Maintenance (PostgreSQL only; elsewhere the charts read the rollups):
+- advance() — the beat task monitoring.advance_windows, every minute — adds the hours
+  that ended FOLD_DELAY ago and subtracts the hours that left the range;
+- ingest calls note_late() with each batch: events of an hour already folded in
+  (replay, a batch delayed beyond FOLD_DELAY) are added to the windows right there, in
+  ingest's transaction, with the derived rows (users tried, attacking IPs).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from mailadmin.monitoring.models import FAILURE_RESULTS, Result, WindowState
+
+log = logging.getLogger(__name__)
+
+HOUR = dt.timedelta(hours=1)
+WINDOWS = ("24h", "7d", "30d")
+FOLD_DELAY = dt.timedelta(minutes=10)  # an hour is folded in this long after it ended
+# Ingest checks batches with events this close to being foldable (longer than a batch's
+# transaction lasts), so an advance() never folds an hour under an uncommitted batch.
+LATE_MARGIN = dt.timedelta(minutes=5)
+MAX_STEP = dt.timedelta(hours=48)  # a window further behind than this is rebuilt
+
+# Key expressions over monitoring_authevent, per dimension (the rollups' keys).
+EVENT_KEYS = {
+    "ip": "host(e.client_ip)",
+    "username": "e.username",
+    "mechanism": "e.mechanism",
+    "country": "e.country",
+    "listener": "coalesce(e.listener::text, '') || '|' || e.tls",
+    "result": "e.result",
+}
+# Dimensions kept for every domain (from events); the server-wide scope "" keeps
+# GLOBAL_DIMENSIONS (from the hourly rollups). "ipuser" pairs are kept once, under the user's domain.
+DOMAIN_DIMENSIONS = ("ip", "username", "mechanism", "country", "listener", "result")
+GLOBAL_DIMENSIONS = ("ip", "username", "mechanism", "country", "listener")  # hourly rollup dimensions
+# Derived rows kept with them: per (scope, IP) the number of users tried (its "ipuser" rows),
+# per scope the number of IPs with attacks (key ""), both in `total`.
+IP_USERS = "ipusers"
+ATTACKERS = "attackers"
+
+
+def sums_sql(result: str, n: str) -> str:
+    """failures, attacks, total of `n` attempts with result `result` (SQL expressions)."""
+    attacks = ", ".join(f"'{r}'" for r in FAILURE_RESULTS)  # constants of the code, not input
+    return (
+        f"CASE WHEN {result} <> '{Result.SUCCESS}' THEN {n} ELSE 0 END, "
+        f"CASE WHEN {result} IN ({attacks}) THEN {n} ELSE 0 END, {n}"
+    )
+
+
+def _fold_sql() -> str:
+    """Rows (scope, dimension, key, sub, failures, attacks, total) of the hours [%(a)s, %(b)s)."""
+    per_domain = ", ".join(f"(false, '{dim}', {EVENT_KEYS[dim]}, '')" for dim in DOMAIN_DIMENSIONS)
+    return f"""
+    SELECT '' AS scope, dimension, key, '' AS sub, {sums_sql("result", "count")}
+    FROM monitoring_hourlyrollup
+    WHERE dimension IN ({", ".join(f"'{d}'" for d in GLOBAL_DIMENSIONS)}) AND hour >= %(a)s AND hour < %(b)s
+    UNION ALL
+    SELECT e.domain_name, d.dimension, d.key, d.sub,
+        {sums_sql("e.result", "1")}
+    FROM monitoring_authevent e
+    CROSS JOIN LATERAL (VALUES (true, 'ipuser', host(e.client_ip), e.username), {per_domain})
+        AS d (pair, dimension, key, sub)
+    WHERE e.ts >= %(a)s AND e.ts < %(b)s AND (d.pair OR e.domain_name <> '')
+    """  # noqa: S608 - only constants of this module are interpolated
+
+
+def _fold(window: str, a: dt.datetime, b: dt.datetime, sign: int) -> None:
+    """Add (sign 1) or subtract (sign -1) the hours [a, b) to a window's totals."""
+    if a >= b:
+        return
+    sql = f"""
+    INSERT INTO monitoring_windowtotal (preset, scope, dimension, key, sub, failures, attacks, total)
+    SELECT %(window)s, scope, dimension, key, sub, %(sign)s * sum(f), %(sign)s * sum(a), %(sign)s * sum(t)
+    FROM ({_fold_sql()}) AS x (scope, dimension, key, sub, f, a, t)
+    GROUP BY scope, dimension, key, sub
+    ORDER BY scope, dimension, key, sub
+    ON CONFLICT (preset, scope, dimension, key, sub) DO UPDATE SET
+        failures = monitoring_windowtotal.failures + EXCLUDED.failures,
+        attacks = monitoring_windowtotal.attacks + EXCLUDED.attacks,
+        total = monitoring_windowtotal.total + EXCLUDED.total
+    """  # noqa: S608
+    params = {"window": window, "a": a, "b": b, "sign": sign}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if sign < 0:
+            cursor.execute("DELETE FROM monitoring_windowtotal WHERE preset = %s AND total <= 0", [window])
+        # Derived rows: users tried per (domain, IP) for the IPs of these hours, attacking IPs per scope.
+        touched = "SELECT DISTINCT host(client_ip) FROM monitoring_authevent WHERE ts >= %(a)s AND ts < %(b)s"
+        cursor.execute(
+            f"DELETE FROM monitoring_windowtotal WHERE preset = %(window)s AND dimension = '{IP_USERS}' "  # noqa: S608
+            f"AND key IN ({touched})",
+            params,
+        )
+        cursor.execute(
+            f"""INSERT INTO monitoring_windowtotal (preset, scope, dimension, key, sub, failures, attacks, total)
+            SELECT %(window)s, scope, '{IP_USERS}', key, '', 0, 0, count(*) FROM monitoring_windowtotal
+            WHERE preset = %(window)s AND dimension = 'ipuser' AND key IN ({touched}) GROUP BY scope, key""",  # noqa: S608
+            params,
+        )
+        cursor.execute(
+            f"DELETE FROM monitoring_windowtotal WHERE preset = %(window)s AND dimension = '{ATTACKERS}'",  # noqa: S608
+            params,
+        )
+        cursor.execute(
+            f"""INSERT INTO monitoring_windowtotal (preset, scope, dimension, key, sub, failures, attacks, total)
+            SELECT %(window)s, scope, '{ATTACKERS}', '', '', 0, 0, count(*) FROM monitoring_windowtotal
+            WHERE preset = %(window)s AND dimension = 'ip' AND attacks > 0 GROUP BY scope""",  # noqa: S608
+            params,
+        )
+
+
+def bounds(window: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The hours [first, cut) a window should hold at `now`."""
+    from mailadmin.monitoring.charts import ceil_to, floor_to, preset_range
+
+    tr = preset_range(window, now)
+    return ceil_to(tr.start, HOUR), floor_to(now - FOLD_DELAY, HOUR)
+
+
+def rebuild(window: str, first: dt.datetime, cut: dt.datetime) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM monitoring_windowtotal WHERE preset = %s", [window])
+    _fold(window, first, cut, 1)
+
+
+def advance(now: dt.datetime | None = None) -> dict:
+    """Bring every window to the hours it should hold now (the beat task)."""
+    if connection.vendor != "postgresql":
+        return {}
+    now = now or timezone.now()
+    done = {}
+    for window in WINDOWS:
+        first, cut = bounds(window, now)
+        with transaction.atomic():
+            WindowState.objects.get_or_create(
+                preset=window, defaults={"first": first, "cut": first, "stale": True, "updated": now}
+            )
+            state = WindowState.objects.select_for_update().get(preset=window)
+            if (state.first, state.cut) == (first, cut) and not state.stale:
+                done[window] = "current"
+                continue
+            step = max(abs(first - state.first), abs(cut - state.cut))
+            if state.stale or first < state.first or cut < state.cut or first >= state.cut or step > MAX_STEP:
+                rebuild(window, first, cut)
+                done[window] = "rebuilt"
+            else:
+                _fold(window, state.cut, cut, 1)
+                _fold(window, state.first, first, -1)
+                done[window] = "advanced"
+            WindowState.objects.filter(preset=window).update(
+                first=first, cut=cut, stale=False, version=state.version + 1, updated=now
+            )
+    if any(v == "rebuilt" for v in done.values()):
+        log.info("window totals: %s", done)
+    return done
+
+
+def note_late(rows: list[dict], now: dt.datetime | None = None) -> None:
+    """Called by ingest, in its transaction, with the events it just inserted.
+
+    Events of hours a window has already folded in (replay, a batch delayed past
+    FOLD_DELAY) are added to that window here, with its derived rows, so the window
+    stays exact without a rebuild. Live batches carry only events of the current hour
+    (or the previous one within FOLD_DELAY): for them this is one comparison.
+    """
+    if not rows or connection.vendor != "postgresql":
+        return
+    oldest = min(row["ts"] for row in rows)
+    now = now or timezone.now()
+    if oldest >= (now - FOLD_DELAY + LATE_MARGIN).replace(minute=0, second=0, microsecond=0):
+        return
+    # Lock first (every row, in one order): an advance() in progress finishes before we
+    # look, and one that starts after us waits for our commit and then sees our events.
+    states = list(WindowState.objects.select_for_update().order_by("preset"))
+    for state in states:
+        late = [row for row in rows if state.first <= row["ts"] < state.cut]
+        if late and not state.stale:
+            _add_rows(state.preset, late)
+            WindowState.objects.filter(preset=state.preset).update(version=state.version + 1)
+
+
+def _contributions(rows: list[dict]) -> dict:
+    """(scope, dimension, key, sub) → [failures, attacks, total] of these events, keyed as
+    the fold keys them (hourly rollups for the "" scope, events for domains)."""
+    from mailadmin.monitoring.hourly import listener_key
+
+    out: dict = {}
+    for row in rows:
+        n = (int(row["result"] != Result.SUCCESS), int(row["result"] in FAILURE_RESULTS), 1)
+        ip, domain, listener = row["client_ip"], row["domain_name"], listener_key(row.get("listener"), row.get("tls"))
+        keys = [("", "ip", ip, ""), ("", "listener", listener, ""), (domain, "ipuser", ip, row["username"])]
+        keys += [("", dim, row[dim], "") for dim in ("username", "mechanism", "country") if row[dim]]
+        if domain:
+            keys += [(domain, "ip", ip, ""), (domain, "listener", listener, ""), (domain, "result", row["result"], "")]
+            keys += [(domain, dim, row[dim] or "", "") for dim in ("username", "mechanism", "country")]
+        for key in keys:
+            sums = out.setdefault(key, [0, 0, 0])
+            for i in range(3):
+                sums[i] += n[i]
+    return out
+
+
+def _upsert(window: str, items: list[tuple]) -> list[tuple]:
+    """Add (scope, dimension, key, sub, failures, attacks, total) rows; returns the new values."""
+    if not items:
+        return []
+    items = sorted(items)  # one lock order for concurrent batches
+    columns = list(zip(*items, strict=True))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """INSERT INTO monitoring_windowtotal (preset, scope, dimension, key, sub, failures, attacks, total)
+            SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
+                %s::bigint[])
+            ON CONFLICT (preset, scope, dimension, key, sub) DO UPDATE SET
+                failures = monitoring_windowtotal.failures + EXCLUDED.failures,
+                attacks = monitoring_windowtotal.attacks + EXCLUDED.attacks,
+                total = monitoring_windowtotal.total + EXCLUDED.total
+            RETURNING scope, dimension, key, sub, attacks, total""",
+            [window, *[list(c) for c in columns]],
+        )
+        return cursor.fetchall()
+
+
+def _add_rows(window: str, rows: list[dict]) -> None:
+    added = _contributions(rows)
+    after = _upsert(window, [(*key, *sums) for key, sums in added.items()])
+    derived: dict = {}
+    for scope, dimension, key, sub, attacks, total in after:
+        _f, a, t = added[(scope, dimension, key, sub)]
+        if dimension == "ip" and attacks - a <= 0 < attacks:  # an IP that starts attacking
+            derived[(scope, ATTACKERS, "", "")] = derived.get((scope, ATTACKERS, "", ""), 0) + 1
+        if dimension == "ipuser" and total - t <= 0 < total:  # a user this IP had not tried
+            derived[(scope, IP_USERS, key, "")] = derived.get((scope, IP_USERS, key, ""), 0) + 1
+    _upsert(window, [(*key, 0, 0, n) for key, n in derived.items()])
