@@ -260,13 +260,18 @@ def create_block(kind, value, *, reason, rule="", username="", alert=None, now=N
     if _allowlist_covers(value):
         return None
     with transaction.atomic():
-        same = Block.objects.select_for_update().filter(kind=kind, value=value, username=username or "")
-        active = same.filter(lifted_at__isnull=True, expires_at__gt=now).order_by("-expires_at").first()
+        # One locked read of the target's blocks that can still matter: the running one
+        # (expires after now) and the repeat offences (expired within ESCALATION_MEMORY).
+        same = list(
+            Block.objects.select_for_update()
+            .filter(kind=kind, value=value, username=username or "", expires_at__gte=now - ESCALATION_MEMORY)
+            .order_by("-expires_at", "pk")
+        )
+        active = next((b for b in same if b.lifted_at is None and b.expires_at > now), None)
         if active is not None:
             _remember(key, active)
             return active
-        previous = same.filter(expires_at__gte=now - ESCALATION_MEMORY).order_by("-escalation").first()
-        level = previous.escalation + 1 if previous is not None else 0
+        level = max(b.escalation for b in same) + 1 if same else 0
         block = Block.objects.create(
             kind=kind,
             value=value,

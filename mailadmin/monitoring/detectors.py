@@ -937,51 +937,54 @@ def raise_alert(
     """
     quiet = dt.timedelta(seconds=max(window_seconds, 600) * 2)
     entity = {k: v for k, v in entity.items() if v not in (None, "")}
-    for _attempt in range(3):
-        try:
-            with transaction.atomic():
-                alert = (
-                    Alert.objects.select_for_update()
-                    .filter(rule=rule, entity_key=entity_key, status__in=[Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED])
-                    .first()
-                )
-                if alert is None:
-                    alert = Alert.objects.create(
-                        rule=rule,
-                        entity_key=entity_key[:400],
-                        entity=entity,
-                        severity=severity,
-                        verdict=verdict,
-                        domain_name=domain_name,
-                        first_seen=min(first_seen, ts),
-                        last_seen=ts,
-                        count=abs(count),
-                        window_seconds=window_seconds,
-                        evidence=samples[:MAX_EVIDENCE],
-                        resolve_after=ts + quiet,
-                    )
-                    fresh = True
-                else:
-                    fresh = SEVERITY_RANK[severity] > SEVERITY_RANK[alert.severity]
-                    if fresh:
-                        alert.severity = severity
-                    alert.last_seen = max(alert.last_seen, ts)
-                    alert.first_seen = min(alert.first_seen, first_seen)
-                    alert.count = alert.count + (-count) if count < 0 else max(alert.count, count)
-                    alert.verdict = verdict
-                    alert.entity = {**alert.entity, **entity}
-                    alert.resolve_after = alert.last_seen + quiet
-                    seen = {(s.get("ts"), s.get("ip"), s.get("username")) for s in alert.evidence}
-                    new = [s for s in samples if (s.get("ts"), s.get("ip"), s.get("username")) not in seen]
-                    alert.evidence = (alert.evidence + new)[:MAX_EVIDENCE]
-                    alert.save()
-                if fresh and notify:
-                    from mailadmin.monitoring import notify as notify_mod
+    # A savepoint only around the INSERT (what a concurrent worker can make fail): the
+    # common case, updating the live alert, costs no SAVEPOINT/RELEASE round trips.
+    with transaction.atomic(savepoint=False):
+        for _attempt in range(3):
+            alert = (
+                Alert.objects.select_for_update()
+                .filter(rule=rule, entity_key=entity_key, status__in=[Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED])
+                .first()
+            )
+            if alert is None:
+                try:
+                    with transaction.atomic():
+                        alert = Alert.objects.create(
+                            rule=rule,
+                            entity_key=entity_key[:400],
+                            entity=entity,
+                            severity=severity,
+                            verdict=verdict,
+                            domain_name=domain_name,
+                            first_seen=min(first_seen, ts),
+                            last_seen=ts,
+                            count=abs(count),
+                            window_seconds=window_seconds,
+                            evidence=samples[:MAX_EVIDENCE],
+                            resolve_after=ts + quiet,
+                        )
+                except IntegrityError:
+                    continue  # another worker opened it at the same moment: update that one
+                fresh = True
+            else:
+                fresh = SEVERITY_RANK[severity] > SEVERITY_RANK[alert.severity]
+                if fresh:
+                    alert.severity = severity
+                alert.last_seen = max(alert.last_seen, ts)
+                alert.first_seen = min(alert.first_seen, first_seen)
+                alert.count = alert.count + (-count) if count < 0 else max(alert.count, count)
+                alert.verdict = verdict
+                alert.entity = {**alert.entity, **entity}
+                alert.resolve_after = alert.last_seen + quiet
+                seen = {(s.get("ts"), s.get("ip"), s.get("username")) for s in alert.evidence}
+                new = [s for s in samples if (s.get("ts"), s.get("ip"), s.get("username")) not in seen]
+                alert.evidence = (alert.evidence + new)[:MAX_EVIDENCE]
+                alert.save()
+            if fresh and notify:
+                from mailadmin.monitoring import notify as notify_mod
 
-                    transaction.on_commit(lambda alert_id=alert.pk: notify_mod.alert_raised(alert_id))
+                transaction.on_commit(lambda alert_id=alert.pk: notify_mod.alert_raised(alert_id))
             return alert, fresh
-        except IntegrityError:
-            continue  # another worker opened it at the same moment: update that one
     raise RuntimeError(f"could not raise alert {rule} {entity_key}")
 
 
