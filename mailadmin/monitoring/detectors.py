@@ -577,41 +577,57 @@ def _source_queryset(column, keys, windows, T):
     )
 
 
-# (column, windows, number of keys) → the compiled SQL of _source_queryset, or None when its
-# parameters did not come out as _source_params lays them out (then the ORM is used).
-_SOURCE_SQL: dict = {}
-_SOURCE_SQL_MAX = 2000
-
-
 def _source_params(column, keys, windows, T) -> list:
     """_source_queryset's parameters in the order its SQL takes them."""
-    from django.db import connection
-
     params = []
     for minutes in windows.values():
         cut = T - dt.timedelta(minutes=float(minutes))
         params += [cut, "", ":", "", "", "", cut, cut, cut, Result.UNKNOWN_USER, cut]
-    field = AuthEvent._meta.get_field(column)
-    params += [field.get_db_prep_value(field.get_prep_value(k), connection, prepared=True) for k in keys]
-    return [*params, T - dt.timedelta(minutes=max(windows.values())), T]
+    return [*params, *_lookup_values(column, keys), T - dt.timedelta(minutes=max(windows.values())), T]
 
 
 def _source_stats(column, keys, windows, T):
-    """_source_queryset's rows, compiled once per shape: the ORM's compile of this query (20
-    filtered aggregates) cost more than running it, for every replayed minute. The cached SQL
-    is Django's own, used only where its parameters were checked to be _source_params'."""
+    return _rows_compiled_once(
+        ("source", column, tuple(windows.items()), len(keys)),
+        lambda: _source_queryset(column, keys, windows, T),
+        _source_params(column, keys, windows, T),
+    )
+
+
+def _lookup_values(column, values) -> list:
+    """The database values of an AuthEvent column's __in lookup."""
     from django.db import connection
 
-    shape = (connection.vendor, column, tuple(windows.items()), len(keys))
-    params = _source_params(column, keys, windows, T)
-    if shape not in _SOURCE_SQL:
-        sql, orm_params = _source_queryset(column, keys, windows, T).query.sql_with_params()
-        if len(_SOURCE_SQL) >= _SOURCE_SQL_MAX:
-            _SOURCE_SQL.clear()
-        _SOURCE_SQL[shape] = sql if list(orm_params) == params else None
-    sql = _SOURCE_SQL[shape]
+    field = AuthEvent._meta.get_field(column)
+    return [field.get_db_prep_value(field.get_prep_value(v), connection, prepared=True) for v in values]
+
+
+# shape → Django's SQL of a detector's grouped query, or None when its parameters did not come
+# out as the caller lays them out (then the ORM runs it).
+_COMPILED: dict = {}
+_COMPILED_MAX = 2000
+
+
+def _rows_compiled_once(shape, queryset_of, params) -> list[dict] | object:
+    """The rows of queryset_of() (a .values() queryset), its SQL compiled once per shape.
+
+    The ORM's compile of the detectors' grouped window queries (up to 20 filtered
+    aggregates) cost more than running them, for every replayed minute. The SQL kept is
+    Django's own, and used only when the parameters the caller laid out for this call
+    were equal to Django's at the first compile of the shape; the shape must fix
+    everything but the parameter values.
+    """
+    from django.db import connection
+
+    key = (connection.vendor, *shape)
+    if key not in _COMPILED:
+        sql, orm_params = queryset_of().query.sql_with_params()
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[key] = sql if list(orm_params) == params else None
+    sql = _COMPILED[key]
     if sql is None:
-        return _source_queryset(column, keys, windows, T)
+        return queryset_of()
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         names = [c.name for c in cursor.description]
@@ -718,19 +734,7 @@ def _account_rules(det: Detection, suspect):
     rules = {r: params[r] for r in ("account_bruteforce", "slow_distributed") if r in params}
     if not rules:
         return
-    longest = max(float(p["window_minutes"]) for p in rules.values())
-    ann = {}
-    for rule, p in rules.items():
-        w = _window_q(T, p["window_minutes"])
-        ann[f"{rule}__fps"] = Count("pw_fp", distinct=True, filter=w)
-        ann[f"{rule}__ips"] = Count("client_ip", distinct=True, filter=w)
-        ann[f"{rule}__n"] = Count("id", filter=w)
-        ann[f"{rule}__first"] = Min("ts", filter=w)
-    stats = (
-        AuthEvent.objects.filter(suspect=True, username__in=users, ts__gt=T - dt.timedelta(minutes=longest), ts__lte=T)
-        .values("username")
-        .annotate(**ann)
-    )
+    stats = _account_stats(users, rules, T)
     by_user = defaultdict(list)
     for r in suspect:
         by_user[r["username"]].append(r)
@@ -760,6 +764,32 @@ def _account_rules(det: Detection, suspect):
                 domain_name=domain_of(user),
             )
             _block_pairs(alert, rule, user, T, float(p["window_minutes"]), by_user[user], det.last_fresh)
+
+
+def _account_queryset(users, rules, T):
+    """Per user: each rule's window counts of suspect failures (one grouped query)."""
+    longest = max(float(p["window_minutes"]) for p in rules.values())
+    ann = {}
+    for rule, p in rules.items():
+        w = _window_q(T, p["window_minutes"])
+        ann[f"{rule}__fps"] = Count("pw_fp", distinct=True, filter=w)
+        ann[f"{rule}__ips"] = Count("client_ip", distinct=True, filter=w)
+        ann[f"{rule}__n"] = Count("id", filter=w)
+        ann[f"{rule}__first"] = Min("ts", filter=w)
+    return (
+        AuthEvent.objects.filter(suspect=True, username__in=users, ts__gt=T - dt.timedelta(minutes=longest), ts__lte=T)
+        .values("username")
+        .annotate(**ann)
+    )
+
+
+def _account_stats(users, rules, T):
+    windows = tuple((rule, float(p["window_minutes"])) for rule, p in rules.items())
+    params = []
+    for _rule, minutes in windows:
+        params += [T - dt.timedelta(minutes=minutes)] * 4
+    params += [T - dt.timedelta(minutes=max(m for _r, m in windows)), T, *_lookup_values("username", users)]
+    return _rows_compiled_once(("account", windows, len(users)), lambda: _account_queryset(users, rules, T), params)
 
 
 def _block_pairs(alert, rule, user, T, minutes, slice_rows, fresh):
