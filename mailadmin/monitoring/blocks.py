@@ -259,7 +259,9 @@ def create_block(kind, value, *, reason, rule="", username="", alert=None, now=N
         return known
     if _allowlist_covers(value):
         return None
-    with transaction.atomic():
+    # No savepoint of its own inside the caller's transaction (the detectors'): nothing here
+    # is caught and retried, an error fails the caller's transaction either way.
+    with transaction.atomic(savepoint=False):
         # One locked read of the target's blocks that can still matter: the running one
         # (expires after now) and the repeat offences (expired within ESCALATION_MEMORY).
         same = list(
