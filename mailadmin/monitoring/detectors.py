@@ -174,6 +174,22 @@ def classify_and_learn(rows: list[dict]) -> None:
             .values_list("username", "pw_fp")
             .distinct()
         )
+    # (ip, user, fingerprint) that already failed: the same wrong password sent again from the
+    # same place is a misconfigured client (a relay after a migration), never a new guess.
+    failing = [r for r in rows if _is_failure(r) and r["pw_fp"] is not None]
+    seen_triples = set()
+    if failing:
+        seen_triples = set(
+            AuthEvent.objects.filter(
+                username__in={r["username"] for r in failing},
+                client_ip__in={r["client_ip"] for r in failing},
+                ts__gte=rows[0]["ts"] - STALE_MEMORY,
+                result__in=FAILURE_RESULTS,
+                pw_fp__isnull=False,
+            )
+            .values_list("client_ip", "username", "pw_fp")
+            .distinct()
+        )
     created, changed = {}, set()
     allow_cache = {}
     for row in rows:
@@ -190,7 +206,9 @@ def classify_and_learn(rows: list[dict]) -> None:
             row["findings"] = _success_findings(row, base, params, allow_cache[ip])
             row["known_source"] = row["prefix"] in (base.prefixes or []) or row["network_kind"] in TRUSTED_KINDS
             row["known_asn"] = bool(row["asn_key"]) and row["asn_key"] in (base.asns or [])
-            _learn_success(base, row)
+            # An impossible login is not where the user is: learning it would make the real
+            # user's next login look impossible in turn.
+            _learn_success(base, row, place=not any(f[0] == "impossible_travel" for f in row["findings"]))
             changed.add(user)
             continue
         if not _is_failure(row):
@@ -205,10 +223,13 @@ def classify_and_learn(rows: list[dict]) -> None:
             row["stale"] = retried  # the user's own network: a typo or a stale client
         elif base is not None and retried and (row["asn_key"] in (base.asns or []) or row["pw_fp"] in base.success_fps):
             row["stale"] = True  # an old password retried from the user's usual AS
+        elif (ip, user, row["pw_fp"]) in seen_triples:
+            row["stale"] = True  # the same wrong password again from the same address: a stuck client
         else:
             row["suspect"] = True
         if row["pw_fp"] is not None:
             recent_pairs.add(pair)
+            seen_triples.add((ip, user, row["pw_fp"]))
     _save_baselines([baselines[u] for u in sorted(changed)])
 
 
@@ -287,11 +308,13 @@ def _radius(base) -> float:
     return centre[2] if centre else 50.0
 
 
-def _learn_success(base, row) -> None:
+def _learn_success(base, row, place=True) -> None:
     ts = row["ts"]
     base.first_success = min(base.first_success, ts) if base.first_success else ts
     base.last_success = max(base.last_success, ts) if base.last_success else ts
     base.success_count = (base.success_count or 0) + 1
+    if not place:
+        return
     prefixes = [p for p in (base.prefixes or []) if p != row["prefix"]] + [row["prefix"]]
     base.prefixes = prefixes[-BASELINE_PREFIXES:]
     if row["pw_fp"] is not None:
@@ -521,11 +544,13 @@ def _source_rules(det: Detection, suspect, column, kind):
                 _respond_block(alert, rule, kind, key, sample_row, T)
 
 
-def _shared_source(column, key, T) -> bool:
+def _shared_source(column, key, T, exclude_user="") -> bool:
     """Several different users logged in successfully from here in the last week (NAT, carrier)."""
     recent = AuthEvent.objects.filter(
         **{column: key}, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lte=T
     ).values("username")
+    if exclude_user:
+        recent = recent.exclude(username=exclude_user)
     return recent.distinct().count() >= SHARED_SOURCE_USERS
 
 
@@ -535,8 +560,14 @@ def _respond_block(alert, rule, kind, key, sample_row, T):
     if kind == "prefix":
         if sample_row["network_kind"] == NetworkKind.MOBILE:
             return  # a carrier's prefix is shared by many subscribers
-        if AuthEvent.objects.filter(prefix=key, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7)).exists():
+        if AuthEvent.objects.filter(
+            prefix=key, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lte=T
+        ).exists():
             return  # somebody legitimate uses this prefix
+    elif AuthEvent.objects.filter(
+        client_ip=key, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lt=alert.first_seen
+    ).exists():
+        return  # people logged in from here before the failures began: a home or small office, not a bot
     block = create_block(
         Block.Kind.IP if kind == "ip" else Block.Kind.PREFIX,
         key,
@@ -680,6 +711,16 @@ def _block_pairs(alert, rule, user, T, minutes, slice_rows, fresh):
         )
     else:
         ips = sorted({r["client_ip"] for r in slice_rows if r["network_kind"] not in TRUSTED_KINDS})
+    if ips:
+        # An address with logins in the last week (this user's phone mistyping, a NAT) is not the attacker.
+        ips = sorted(
+            set(ips)
+            - set(
+                AuthEvent.objects.filter(
+                    client_ip__in=ips, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lte=T
+                ).values_list("client_ip", flat=True)
+            )
+        )
     if not ips:
         return
     active = set(
@@ -797,10 +838,14 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         by_source = live(f"ip:{ip}") + live(f"prefix:{row['prefix']}")
         # The user was attacked from elsewhere: only a login from a place the user never used is suspicious.
         by_user = [] if row.get("known_source") or row.get("known_asn") else live(f"user:{row['username']}")
-        causes = by_source + by_user
-        if not causes:
+        if not (by_source or by_user):
             continue
         user = row["username"]
+        if _shared_source("client_ip", ip, ts, exclude_user=user):
+            continue  # a NAT or carrier address where other people log in every day: not the attacker's
+        if not by_source and _familiar_network(row, user, ts):
+            continue  # the user's own carrier or ISP (a new address in it), not a place they never used
+        causes = by_source + by_user
         alert = det.alert(
             "success_after_attack",
             f"user:{user}",
@@ -814,9 +859,12 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
             samples=[_sample(row)],
             domain_name=domain_of(user),
         )
+        # The attacking address itself: block it. A login from elsewhere while the account was
+        # under attack: block that address for this user only (it may be a shared one).
         block = create_block(
-            Block.Kind.IP,
+            Block.Kind.IP if by_source else Block.Kind.IP_USER,
             ip,
+            username="" if by_source else user,
             reason=f"Login after attack on {user} (alert {alert.pk})",
             rule="success_after_attack",
             alert=alert,
@@ -824,10 +872,21 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         )
         if block is not None:
             Alert.objects.filter(pk=alert.pk).update(
-                action=f"blocked IP {ip} for {_duration(block.expires_at - block.created)}; "
+                action=f"blocked IP {ip}{'' if by_source else ' for ' + user} for "
+                f"{_duration(block.expires_at - block.created)}; "
                 "consider suspending the mailbox and resetting its password",
                 action_expires_at=block.expires_at,
             )
+
+
+def _familiar_network(row, user, ts) -> bool:
+    """Has the user logged in before from this address's named network or AS (a carrier, an ISP)?"""
+    q = Q(client_ip=row["client_ip"])
+    if row["network_name"] and row["network_kind"] != NetworkKind.HOSTING:
+        q |= Q(network_name=row["network_name"])
+    if row["as_name"]:
+        q |= Q(as_name=row["as_name"])
+    return AuthEvent.objects.filter(q, username=user, result=Result.SUCCESS, ts__lt=ts).exists()
 
 
 def _success_finding(det, row, rule, detail):

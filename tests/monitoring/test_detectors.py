@@ -332,3 +332,120 @@ def test_marking_safe_lifts_blocks_and_feeds_allowlist_or_baseline():
     from mailadmin.monitoring.models import UserBaseline
 
     assert "AU" in UserBaseline.objects.get(username="bob@a.example").countries
+
+
+# ---------------------------------------------------------------- benign look-alikes found by the replay
+
+
+@pytest.mark.django_db
+def test_a_relay_moved_to_a_new_address_with_a_wrong_password_for_five_accounts_is_not_brute_force():
+    senders = [f"crm{k}@a.example" for k in range(5)]
+    feed(learned(senders, ip="198.51.100.200"))
+    # the same wrong password per account, every two minutes for an hour, from an address never seen
+    feed(
+        [
+            event("198.51.100.201", u, ts=BASE + i * 2 * M + k * dt.timedelta(seconds=7), pw_fp=900 + k)
+            for i in range(30)
+            for k, u in enumerate(senders)
+        ]
+    )
+    assert high_alerts() == []
+    assert not Block.objects.exists()
+    assert alerts("stale_client").count() == len(senders)  # a low note per account
+
+
+@pytest.mark.django_db
+def test_a_guesser_repeating_nothing_is_still_brute_force_after_the_relay_rule():
+    # the same address, but every try a new password: counted as before
+    feed(
+        [
+            event(ATTACKER, f"crm{i % 5}@a.example", ts=BASE + i * 20 * dt.timedelta(seconds=1), pw_fp=i)
+            for i in range(12)
+        ]
+    )
+    assert alerts("ip_bruteforce").get().severity == "high"
+
+
+def _slow_attack_on_ann():
+    # ann has used her carrier (a named mobile network) and the office; then a botnet guesses her password
+    NamedNetwork.objects.create(network="100.64.0.0/16", name="Carrier DE", kind="mobile", country="DE")
+    events = learned(["ann@a.example"])
+    events += [
+        event(f"100.64.{d}.9", "ann@a.example", "success", ts=BASE - dt.timedelta(days=6 - d, hours=3), pw_fp=100)
+        for d in range(5)
+    ]
+    feed(events)
+    feed([event(f"203.0.113.{i + 1}", "ann@a.example", ts=BASE + i * 3 * M, pw_fp=700 + i) for i in range(12)])
+    assert alerts("account_bruteforce").get().severity == "high"
+
+
+@pytest.mark.django_db
+def test_the_user_on_a_new_address_of_her_own_carrier_during_an_attack_is_not_compromise():
+    _slow_attack_on_ann()
+    feed([event("100.64.77.3", "ann@a.example", "success", ts=BASE + 40 * M, pw_fp=100)])
+    assert not alerts("success_after_attack").exists()
+    assert not Block.objects.filter(value="100.64.77.3").exists()
+
+
+@pytest.mark.django_db
+def test_a_new_address_getting_in_after_a_distributed_attack_is_critical_and_blocked_for_that_user():
+    _slow_attack_on_ann()
+    feed([event("198.18.5.5", "ann@a.example", "success", ts=BASE + 40 * M, pw_fp=100)])
+    alert = alerts("success_after_attack").get()
+    assert alert.severity == "critical"
+    block = Block.objects.get(rule="success_after_attack")
+    assert (block.kind, block.value, block.username) == ("ip_user", "198.18.5.5", "ann@a.example")
+
+
+@pytest.mark.django_db
+def test_a_login_from_a_busy_nat_right_after_an_attack_on_it_is_not_compromise():
+    # many users behind one address (a university NAT); unknown students mistype at the start of term
+    feed(learned(USERS, ip="198.51.100.50"))
+    newcomers = [f"student{i}@a.example" for i in range(8)]
+    feed([event("198.51.100.50", u, ts=BASE + i * 4 * M, pw_fp=300 + i) for i, u in enumerate(newcomers)])
+    assert alerts("spray").filter(entity_key="ip:198.51.100.50").get().severity == "medium"  # shared: not shouted
+    feed([event("198.51.100.50", USERS[0], "success", ts=BASE + 40 * M, pw_fp=100)])
+    assert high_alerts() == []
+    assert not Block.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_address_with_logins_before_the_failures_is_alerted_but_not_blocked():
+    # ann's home connection (her only address): later a device there guesses at other accounts
+    feed(learned(["ann@a.example"], ip="198.51.100.60"))
+    feed([event("198.51.100.60", USERS[i % 4], ts=BASE + i * 30 * dt.timedelta(seconds=1), pw_fp=i) for i in range(12)])
+    assert alerts("ip_bruteforce").get().severity == "high"
+    assert not Block.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_users_own_phone_mistyping_during_an_attack_is_not_blocked_for_her():
+    feed(learned(["ann@a.example"]))
+    feed([event("198.18.7.7", "ann@a.example", "success", ts=BASE - 2 * H, pw_fp=100)])  # her phone, today
+    attack = [event(f"203.0.113.{i + 1}", "ann@a.example", ts=BASE + i * 3 * M, pw_fp=700 + i) for i in range(12)]
+    feed(attack + [event("198.18.7.7", "ann@a.example", ts=BASE + 10 * M, pw_fp=55)])  # a typo on the phone
+    assert alerts("account_bruteforce").exists()
+    blocked = set(Block.objects.values_list("value", flat=True))
+    assert "203.0.113.5" in blocked and "198.18.7.7" not in blocked
+
+
+@pytest.mark.django_db
+def test_the_real_user_after_an_impossible_login_is_not_impossible_travel_in_turn():
+    from mailadmin.monitoring.models import UserBaseline
+
+    _networks()
+    feed(learned(["ann@a.example"], ip="192.0.2.10"))
+    feed([event("192.0.2.10", "ann@a.example", "success", ts=BASE, pw_fp=100)])
+    feed([event("198.51.100.5", "ann@a.example", "success", ts=BASE + 30 * M, pw_fp=100)])  # Sydney: stolen
+    # ann at home in Berlin an hour later (a residential network with coordinates)
+    NamedNetwork.objects.create(
+        network="198.18.2.0/24", name="Berlin ISP", kind="residential", country="DE", latitude=52.5, longitude=13.4
+    )
+    from mailadmin.monitoring import enrich
+
+    enrich._named.invalidate()
+    feed([event("198.18.2.9", "ann@a.example", "success", ts=BASE + 90 * M, pw_fp=100)])
+    travel = alerts("impossible_travel").get()
+    assert travel.count == 1 and travel.entity["ip"] == "198.51.100.5"
+    base = UserBaseline.objects.get(username="ann@a.example")
+    assert "AU" not in base.countries and round(base.last_lat) == 52
