@@ -524,7 +524,7 @@ def _source_rules(det: Detection, suspect, column, kind):
         entity = {kind: key, "country": sample_row["country"], "asn": sample_row["asn_key"]}
         if kind == "ip":
             entity["prefix"] = sample_row["prefix"]
-        shared = _shared_source(column, key, T)
+        shared = _shared_source(column, key, T) or _own_hosted_client(column, key, sample_row, T)
         for rule, count, first in found:
             severity = params[rule]["severity"]
             if shared and SEVERITY_RANK[severity] > SEVERITY_RANK["medium"]:
@@ -552,6 +552,28 @@ def _shared_source(column, key, T, exclude_user="") -> bool:
     if exclude_user:
         recent = recent.exclude(username=exclude_user)
     return recent.distinct().count() >= SHARED_SOURCE_USERS
+
+
+def _own_hosted_client(column, key, sample_row, T) -> bool:
+    """A declared hosting range failing only for accounts that log in from that range every day:
+    the organisation's own relay or CRM with a wrong password after a move, not a spray."""
+    name = sample_row["network_name"]
+    if sample_row["network_kind"] != NetworkKind.HOSTING or not name:
+        return False
+    week = Q(ts__gt=T - dt.timedelta(days=7), ts__lte=T)
+    users = set(
+        AuthEvent.objects.filter(week, **{column: key}, result__in=FAILURE_RESULTS)
+        .values_list("username", flat=True)
+        .distinct()
+    )
+    if not users:
+        return False
+    own = set(
+        AuthEvent.objects.filter(week, network_name=name, username__in=users, result=Result.SUCCESS)
+        .values_list("username", flat=True)
+        .distinct()
+    )
+    return users <= own
 
 
 def _respond_block(alert, rule, kind, key, sample_row, T):
@@ -632,6 +654,9 @@ def _asn_stuffing(det: Detection, suspect):
         if st["ips"] < 2 or st["users"] < p["users"] or st["unknown"] < float(p["unknown_ratio"]) * st["users"]:
             continue
         rows = [r for r in suspect if r["as_name"] == st["as_name"]]
+        # Our own users' ISP (many of them log in from it): mistyped usernames from thousands of
+        # homes add up there every hour; worth a look, not a page.
+        home_isp = _shared_source("as_name", st["as_name"], T)
         det.alert(
             "stuffing",
             f"asn:{rows[-1]['asn_key']}",
@@ -640,6 +665,7 @@ def _asn_stuffing(det: Detection, suspect):
             first_seen=st["first"] or T,
             verdict=f"Credential stuffing: {st['users']} users tried from {st['ips']} addresses in AS {st['as_name']}",
             samples=[_sample(r) for r in rows[-SAMPLES_PER_UPDATE:]],
+            severity="medium" if home_isp and SEVERITY_RANK[p["severity"]] > SEVERITY_RANK["medium"] else None,
         )
 
 
@@ -702,25 +728,30 @@ def _block_pairs(alert, rule, user, T, minutes, slice_rows, fresh):
     A new alert blocks every source seen in the window; later slices block only
     their new sources, skipping pairs already under an active block.
     """
+    fields = ("client_ip", "network_name", "network_kind", "as_name")
     if fresh:
-        ips = list(
+        sources = set(
             AuthEvent.objects.filter(suspect=True, username=user, ts__gt=T - dt.timedelta(minutes=minutes), ts__lte=T)
             .exclude(network_kind__in=TRUSTED_KINDS)
-            .values_list("client_ip", flat=True)
+            .values_list(*fields)
             .distinct()[:200]
         )
     else:
-        ips = sorted({r["client_ip"] for r in slice_rows if r["network_kind"] not in TRUSTED_KINDS})
-    if ips:
-        # An address with logins in the last week (this user's phone mistyping, a NAT) is not the attacker.
-        ips = sorted(
-            set(ips)
-            - set(
-                AuthEvent.objects.filter(
-                    client_ip__in=ips, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lte=T
-                ).values_list("client_ip", flat=True)
-            )
+        sources = {tuple(r[f] for f in fields) for r in slice_rows if r["network_kind"] not in TRUSTED_KINDS}
+    if sources:
+        # Not the attacker: an address with logins in the last week (a NAT, a relay), or one in a
+        # carrier or ISP the user logs in from (her own phone mistyping on a new address).
+        used = set(
+            AuthEvent.objects.filter(
+                client_ip__in={s[0] for s in sources},
+                result=Result.SUCCESS,
+                ts__gt=T - dt.timedelta(days=7),
+                ts__lte=T,
+            ).values_list("client_ip", flat=True)
         )
+        nets = _user_networks(user, T)
+        sources = {s for s in sources if s[0] not in used and not _in_networks(s[1], s[2], s[3], nets)}
+    ips = sorted({s[0] for s in sources})
     if not ips:
         return
     active = set(
@@ -881,12 +912,33 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
 
 def _familiar_network(row, user, ts) -> bool:
     """Has the user logged in before from this address's named network or AS (a carrier, an ISP)?"""
-    q = Q(client_ip=row["client_ip"])
-    if row["network_name"] and row["network_kind"] != NetworkKind.HOSTING:
-        q |= Q(network_name=row["network_name"])
-    if row["as_name"]:
-        q |= Q(as_name=row["as_name"])
-    return AuthEvent.objects.filter(q, username=user, result=Result.SUCCESS, ts__lt=ts).exists()
+    nets = _user_networks(user, ts)
+    return _in_networks(row["network_name"], row["network_kind"], row["as_name"], nets)
+
+
+USER_NETWORK_MEMORY = dt.timedelta(days=30)
+
+
+def _user_networks(user, T) -> tuple[set, set]:
+    """(named networks, AS names) the user logged in from in the last month; hosting ranges are
+    shared with strangers and never count."""
+    names, ases = set(), set()
+    for name, kind, as_name in (
+        AuthEvent.objects.filter(username=user, result=Result.SUCCESS, ts__gt=T - USER_NETWORK_MEMORY, ts__lt=T)
+        .values_list("network_name", "network_kind", "as_name")
+        .distinct()
+    ):
+        if name and kind != NetworkKind.HOSTING:
+            names.add(name)
+        if as_name and kind != NetworkKind.HOSTING:
+            ases.add(as_name)
+    return names, ases
+
+
+def _in_networks(name, kind, as_name, nets) -> bool:
+    if kind == NetworkKind.HOSTING:
+        return False
+    return bool(name and name in nets[0]) or bool(as_name and as_name in nets[1])
 
 
 def _success_finding(det, row, rule, detail):

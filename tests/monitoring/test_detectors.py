@@ -339,12 +339,13 @@ def test_marking_safe_lifts_blocks_and_feeds_allowlist_or_baseline():
 
 @pytest.mark.django_db
 def test_a_relay_moved_to_a_new_address_with_a_wrong_password_for_five_accounts_is_not_brute_force():
+    NamedNetwork.objects.create(network="198.18.0.0/16", name="Cloud", kind="hosting", country="IE")
     senders = [f"crm{k}@a.example" for k in range(5)]
-    feed(learned(senders, ip="198.51.100.200"))
-    # the same wrong password per account, every two minutes for an hour, from an address never seen
+    feed(learned(senders, ip="198.18.1.10"))
+    # moved within the cloud: the same wrong password per account, every two minutes for an hour
     feed(
         [
-            event("198.51.100.201", u, ts=BASE + i * 2 * M + k * dt.timedelta(seconds=7), pw_fp=900 + k)
+            event("198.18.9.20", u, ts=BASE + i * 2 * M + k * dt.timedelta(seconds=7), pw_fp=900 + k)
             for i in range(30)
             for k, u in enumerate(senders)
         ]
@@ -385,6 +386,14 @@ def test_the_user_on_a_new_address_of_her_own_carrier_during_an_attack_is_not_co
     feed([event("100.64.77.3", "ann@a.example", "success", ts=BASE + 40 * M, pw_fp=100)])
     assert not alerts("success_after_attack").exists()
     assert not Block.objects.filter(value="100.64.77.3").exists()
+
+
+@pytest.mark.django_db
+def test_her_phone_mistyping_on_a_new_carrier_address_during_the_attack_is_not_blocked():
+    _slow_attack_on_ann()
+    feed([event("100.64.88.8", "ann@a.example", ts=BASE + 38 * M, pw_fp=55)])
+    assert Block.objects.filter(value="203.0.113.5", username="ann@a.example").exists()
+    assert not Block.objects.filter(value="100.64.88.8").exists()
 
 
 @pytest.mark.django_db
@@ -449,3 +458,20 @@ def test_the_real_user_after_an_impossible_login_is_not_impossible_travel_in_tur
     assert travel.count == 1 and travel.entity["ip"] == "198.51.100.5"
     base = UserBaseline.objects.get(username="ann@a.example")
     assert "AU" not in base.countries and round(base.last_lat) == 52
+
+
+def _unknown_names_from(ips):
+    return [
+        event(ips[i % len(ips)], f"nobody{i}@a.example", "unknown_user", ts=BASE + i * 3 * M, pw_fp=i)
+        for i in range(12)
+    ]
+
+
+@pytest.mark.django_db
+def test_stuffing_spread_over_an_as_is_high_but_medium_from_our_users_own_isp():
+    # our users' homes are Telekom customers (real Telekom addresses: the offline GeoIP names the AS)
+    feed([e for i, u in enumerate(USERS[:5]) for e in learned([u], ip=f"80.187.{i + 1}.9")])
+    feed(_unknown_names_from([f"80.187.{100 + i}.7" for i in range(6)]))  # mistyped names, six homes
+    feed(_unknown_names_from([f"5.79.64.{10 + i}" for i in range(6)]))  # a hosting AS nobody uses
+    by_asn = {a.entity["asn"]: a.severity for a in alerts("stuffing") if a.entity_key.startswith("asn:")}
+    assert by_asn == {"Deutsche Telekom AG": "medium", "LeaseWeb Netherlands B.V.": "high"}
