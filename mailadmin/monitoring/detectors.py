@@ -866,7 +866,10 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         def live(key, ts=ts):
             return [a for a in flagged.get(key, []) if a.first_seen <= ts and a.last_seen >= ts - window]
 
-        by_source = live(f"ip:{ip}") + live(f"prefix:{row['prefix']}")
+        by_ip = live(f"ip:{ip}")
+        # Another address of a prefix the user has always used (a relay next to an attacker's VM):
+        # only the attacking address itself says anything.
+        by_source = by_ip + ([] if row.get("known_source") else live(f"prefix:{row['prefix']}"))
         # The user was attacked from elsewhere: only a login from a place the user never used is suspicious.
         by_user = [] if row.get("known_source") or row.get("known_asn") else live(f"user:{row['username']}")
         if not (by_source or by_user):
@@ -893,9 +896,9 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         # The attacking address itself: block it. A login from elsewhere while the account was
         # under attack: block that address for this user only (it may be a shared one).
         block = create_block(
-            Block.Kind.IP if by_source else Block.Kind.IP_USER,
+            Block.Kind.IP if by_ip else Block.Kind.IP_USER,
             ip,
-            username="" if by_source else user,
+            username="" if by_ip else user,
             reason=f"Login after attack on {user} (alert {alert.pk})",
             rule="success_after_attack",
             alert=alert,
@@ -903,7 +906,7 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         )
         if block is not None:
             Alert.objects.filter(pk=alert.pk).update(
-                action=f"blocked IP {ip}{'' if by_source else ' for ' + user} for "
+                action=f"blocked IP {ip}{'' if by_ip else ' for ' + user} for "
                 f"{_duration(block.expires_at - block.created)}; "
                 "consider suspending the mailbox and resetting its password",
                 action_expires_at=block.expires_at,

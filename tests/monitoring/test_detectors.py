@@ -475,3 +475,14 @@ def test_stuffing_spread_over_an_as_is_high_but_medium_from_our_users_own_isp():
     feed(_unknown_names_from([f"5.79.64.{10 + i}" for i in range(6)]))  # a hosting AS nobody uses
     by_asn = {a.entity["asn"]: a.severity for a in alerts("stuffing") if a.entity_key.startswith("asn:")}
     assert by_asn == {"Deutsche Telekom AG": "medium", "LeaseWeb Netherlands B.V.": "high"}
+
+
+@pytest.mark.django_db
+def test_a_relay_next_to_a_spraying_prefix_is_not_compromise():
+    # the relay has sent from 198.18.3.10 all week; attackers in the same /24 spray our users
+    feed(learned(["relay@a.example"], ip="198.18.3.10"))
+    feed([event(f"198.18.3.{100 + i}", u, ts=BASE + i * 2 * M, pw_fp=42) for i, u in enumerate(USERS[:8])])
+    assert alerts("spray").filter(entity_key="prefix:198.18.3.0/24").exists()
+    feed([event("198.18.3.10", "relay@a.example", "success", ts=BASE + 20 * M, pw_fp=100)])
+    assert not alerts("success_after_attack").exists()
+    assert not Block.objects.filter(value__in=["198.18.3.10", "198.18.3.0/24"]).exists()
