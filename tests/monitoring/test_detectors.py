@@ -486,3 +486,18 @@ def test_a_relay_next_to_a_spraying_prefix_is_not_compromise():
     feed([event("198.18.3.10", "relay@a.example", "success", ts=BASE + 20 * M, pw_fp=100)])
     assert not alerts("success_after_attack").exists()
     assert not Block.objects.filter(value__in=["198.18.3.10", "198.18.3.0/24"]).exists()
+
+
+@pytest.mark.django_db
+def test_the_first_morning_behind_an_unknown_nat_is_not_an_attack():
+    # day one of monitoring: no baselines yet; 40 people arrive within the hour, a third mistype first
+    people = [f"staff{i}@a.example" for i in range(40)]
+    events = []
+    for i, u in enumerate(people):
+        t = BASE.replace(hour=8) + i * 90 * dt.timedelta(seconds=1)
+        if i % 3 == 0:
+            events.append(event("198.51.100.80", u, ts=t, pw_fp=900 + i))
+        events.append(event("198.51.100.80", u, "success", ts=t + dt.timedelta(seconds=20), pw_fp=100))
+    feed(events, batch=20)
+    assert high_alerts() == []
+    assert not Block.objects.exists()
