@@ -93,6 +93,9 @@ BASELINE_FPS = 5
 # real people (NAT, carrier, relay): alert, but never block it.
 SHARED_SOURCE_USERS = 3
 STALE_MEMORY = dt.timedelta(days=7)
+# A source that sent fewer different passwords than this for a user and repeats one is a stuck
+# client (a relay or phone with a wrong password configured), not a guesser.
+STUCK_CLIENT_PASSWORDS = 3
 
 _settings_cache: dict = {"at": 0.0, "value": None}
 
@@ -190,6 +193,7 @@ def classify_and_learn(rows: list[dict]) -> None:
             .values_list("client_ip", "username", "pw_fp")
             .distinct()
         )
+    guesses = Counter((ip, user) for ip, user, _fp in seen_triples)  # distinct passwords per source and user
     created, changed = {}, set()
     allow_cache = {}
     for row in rows:
@@ -223,13 +227,15 @@ def classify_and_learn(rows: list[dict]) -> None:
             row["stale"] = retried  # the user's own network: a typo or a stale client
         elif base is not None and retried and (row["asn_key"] in (base.asns or []) or row["pw_fp"] in base.success_fps):
             row["stale"] = True  # an old password retried from the user's usual AS
-        elif (ip, user, row["pw_fp"]) in seen_triples:
+        elif (ip, user, row["pw_fp"]) in seen_triples and guesses[(ip, user)] < STUCK_CLIENT_PASSWORDS:
             row["stale"] = True  # the same wrong password again from the same address: a stuck client
         else:
-            row["suspect"] = True
+            row["suspect"] = True  # (a guesser's repeat is a collision of the 12-bit fingerprint)
         if row["pw_fp"] is not None:
             recent_pairs.add(pair)
-            seen_triples.add((ip, user, row["pw_fp"]))
+            if (ip, user, row["pw_fp"]) not in seen_triples:
+                seen_triples.add((ip, user, row["pw_fp"]))
+                guesses[(ip, user)] += 1
     _save_baselines([baselines[u] for u in sorted(changed)])
 
 

@@ -356,6 +356,14 @@ def test_a_relay_moved_to_a_new_address_with_a_wrong_password_for_five_accounts_
 
 
 @pytest.mark.django_db
+def test_a_guessers_fingerprint_collisions_still_count_as_guesses():
+    # 12 guesses, but the 12-bit fingerprints of four of them collide with earlier ones
+    feed([event(ATTACKER, "ann@a.example", ts=BASE + i * 20 * dt.timedelta(seconds=1), pw_fp=i % 8) for i in range(12)])
+    assert alerts("ip_bruteforce").get().count == 12
+    assert not alerts("stale_client").exists()
+
+
+@pytest.mark.django_db
 def test_a_guesser_repeating_nothing_is_still_brute_force_after_the_relay_rule():
     # the same address, but every try a new password: counted as before
     feed(
