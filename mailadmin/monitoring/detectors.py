@@ -193,7 +193,22 @@ def classify_and_learn(rows: list[dict]) -> None:
             .values_list("client_ip", "username", "pw_fp")
             .distinct()
         )
-    guesses = Counter((ip, user) for ip, user, _fp in seen_triples)  # distinct passwords per source and user
+    guesses = Counter((ip, user) for ip, user, _fp in seen_triples)
+    # Addresses flagged by an attack rule in the last hour: a login from one of them is the
+    # attacker's (success after attack), not a place the user is.
+    success_ips = {r["client_ip"] for r in rows if r["result"] == Result.SUCCESS and r["username"]}
+    attacking = set()
+    if success_ips:
+        attacking = {
+            key[3:]
+            for key in Alert.objects.filter(
+                rule__in=ATTACK_RULES,
+                entity_key__in=[f"ip:{ip}" for ip in success_ips],
+                last_seen__gte=rows[0]["ts"] - dt.timedelta(hours=1),
+            )
+            .exclude(status=Alert.Status.SAFE)
+            .values_list("entity_key", flat=True)
+        }  # distinct passwords per source and user
     created, changed = {}, set()
     allow_cache = {}
     for row in rows:
@@ -210,9 +225,10 @@ def classify_and_learn(rows: list[dict]) -> None:
             row["findings"] = _success_findings(row, base, params, allow_cache[ip])
             row["known_source"] = row["prefix"] in (base.prefixes or []) or row["network_kind"] in TRUSTED_KINDS
             row["known_asn"] = bool(row["asn_key"]) and row["asn_key"] in (base.asns or [])
-            # An impossible login is not where the user is: learning it would make the real
-            # user's next login look impossible in turn.
-            _learn_success(base, row, place=not any(f[0] == "impossible_travel" for f in row["findings"]))
+            # An impossible login, or one from an attacking address, is not where the user is:
+            # learning it would make the real user's next login look impossible in turn.
+            impossible = any(f[0] == "impossible_travel" for f in row["findings"])
+            _learn_success(base, row, place=not impossible and ip not in attacking)
             changed.add(user)
             continue
         if not _is_failure(row):

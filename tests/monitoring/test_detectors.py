@@ -509,3 +509,25 @@ def test_the_first_morning_behind_an_unknown_nat_is_not_an_attack():
     feed(events, batch=20)
     assert high_alerts() == []
     assert not Block.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_thiefs_login_is_not_learned_as_the_users_place():
+    from mailadmin.monitoring.models import UserBaseline
+
+    _networks()
+    NamedNetwork.objects.create(
+        network="198.18.2.0/24", name="Berlin ISP", kind="residential", country="DE", latitude=52.5, longitude=13.4
+    )
+    feed(learned(["ann@a.example"], ip="198.18.2.9"))
+    # a brute force from Sydney gets in (success after attack) ...
+    feed(
+        [event("198.51.100.5", "ann@a.example", ts=BASE + i * 10 * dt.timedelta(seconds=1), pw_fp=i) for i in range(15)]
+    )
+    feed([event("198.51.100.5", "ann@a.example", "success", ts=BASE + 4 * M, pw_fp=100)])
+    assert alerts("success_after_attack").get().severity == "critical"
+    # ... and ann herself at home in Berlin six hours later is not impossible travel
+    feed([event("198.18.2.9", "ann@a.example", "success", ts=BASE + 6 * H, pw_fp=100)])
+    assert not alerts("impossible_travel").exists()
+    base = UserBaseline.objects.get(username="ann@a.example")
+    assert "AU" not in base.countries and "198.51.100.0/24" not in base.prefixes
