@@ -10,6 +10,7 @@ monitoring tables of the database it points at: use a scratch database).
 
 import argparse
 import io
+import ipaddress
 import json
 import os
 import sys
@@ -61,6 +62,14 @@ def run(mailboxes, days, seed, batch_seconds=60.0, quiet=True):
     alerts = [json.loads(line) for line in export.getvalue().splitlines() if line.strip()]
     blocked = list(Block.objects.values_list("value", flat=True))
     result = score(trace, alerts, blocked)
+    benign = set(result["benign_blocked"])
+    result["benign_blocks"] = sorted(
+        {
+            (b.rule, b.kind, b.value, b.username)
+            for b in Block.objects.all()
+            if any(ipaddress.ip_address(ip) in ipaddress.ip_network(b.value, strict=False) for ip in benign)
+        }
+    )
     result.update(
         events=len(trace.events),
         replay_seconds=round(elapsed, 1),

@@ -94,6 +94,9 @@ BASELINE_FPS = 5
 # real people (NAT, carrier, relay): alert, but never block it.
 SHARED_SOURCE_USERS = 3
 STALE_MEMORY = dt.timedelta(days=7)
+# A source that sent fewer different passwords than this for a user and repeats one is a stuck
+# client (a relay or phone with a wrong password configured), not a guesser.
+STUCK_CLIENT_PASSWORDS = 3
 
 _settings_cache: dict = {"at": 0.0, "value": None}
 
@@ -178,6 +181,38 @@ def classify_and_learn(rows: list[dict]) -> None:
             .values_list("username", "pw_fp")
             .distinct()
         )
+    # (ip, user, fingerprint) that already failed: the same wrong password sent again from the
+    # same place is a misconfigured client (a relay after a migration), never a new guess.
+    failing = [r for r in rows if _is_failure(r) and r["pw_fp"] is not None]
+    seen_triples = set()
+    if failing:
+        seen_triples = set(
+            AuthEvent.objects.filter(
+                username__in={r["username"] for r in failing},
+                client_ip__in={r["client_ip"] for r in failing},
+                ts__gte=rows[0]["ts"] - STALE_MEMORY,
+                result__in=FAILURE_RESULTS,
+                pw_fp__isnull=False,
+            )
+            .values_list("client_ip", "username", "pw_fp")
+            .distinct()
+        )
+    guesses = Counter((ip, user) for ip, user, _fp in seen_triples)
+    # Addresses flagged by an attack rule in the last hour: a login from one of them is the
+    # attacker's (success after attack), not a place the user is.
+    success_ips = {r["client_ip"] for r in rows if r["result"] == Result.SUCCESS and r["username"]}
+    attacking = set()
+    if success_ips:
+        attacking = {
+            key[3:]
+            for key in Alert.objects.filter(
+                rule__in=ATTACK_RULES,
+                entity_key__in=[f"ip:{ip}" for ip in success_ips],
+                last_seen__gte=rows[0]["ts"] - dt.timedelta(hours=1),
+            )
+            .exclude(status=Alert.Status.SAFE)
+            .values_list("entity_key", flat=True)
+        }  # distinct passwords per source and user
     created, changed = {}, set()
     allow_cache = {}
     for row in rows:
@@ -194,7 +229,10 @@ def classify_and_learn(rows: list[dict]) -> None:
             row["findings"] = _success_findings(row, base, params, allow_cache[ip])
             row["known_source"] = row["prefix"] in (base.prefixes or []) or row["network_kind"] in TRUSTED_KINDS
             row["known_asn"] = bool(row["asn_key"]) and row["asn_key"] in (base.asns or [])
-            _learn_success(base, row)
+            # An impossible login, or one from an attacking address, is not where the user is:
+            # learning it would make the real user's next login look impossible in turn.
+            impossible = any(f[0] == "impossible_travel" for f in row["findings"])
+            _learn_success(base, row, place=not impossible and ip not in attacking)
             changed.add(user)
             continue
         if not _is_failure(row):
@@ -209,10 +247,15 @@ def classify_and_learn(rows: list[dict]) -> None:
             row["stale"] = retried  # the user's own network: a typo or a stale client
         elif base is not None and retried and (row["asn_key"] in (base.asns or []) or row["pw_fp"] in base.success_fps):
             row["stale"] = True  # an old password retried from the user's usual AS
+        elif (ip, user, row["pw_fp"]) in seen_triples and guesses[(ip, user)] < STUCK_CLIENT_PASSWORDS:
+            row["stale"] = True  # the same wrong password again from the same address: a stuck client
         else:
-            row["suspect"] = True
+            row["suspect"] = True  # (a guesser's repeat is a collision of the 12-bit fingerprint)
         if row["pw_fp"] is not None:
             recent_pairs.add(pair)
+            if (ip, user, row["pw_fp"]) not in seen_triples:
+                seen_triples.add((ip, user, row["pw_fp"]))
+                guesses[(ip, user)] += 1
     _save_baselines([baselines[u] for u in sorted(changed)])
 
 
@@ -338,11 +381,13 @@ def _radius(base) -> float:
     return centre[2] if centre else 50.0
 
 
-def _learn_success(base, row) -> None:
+def _learn_success(base, row, place=True) -> None:
     ts = row["ts"]
     base.first_success = min(base.first_success, ts) if base.first_success else ts
     base.last_success = max(base.last_success, ts) if base.last_success else ts
     base.success_count = (base.success_count or 0) + 1
+    if not place:
+        return
     prefixes = [p for p in (base.prefixes or []) if p != row["prefix"]] + [row["prefix"]]
     base.prefixes = prefixes[-BASELINE_PREFIXES:]
     if row["pw_fp"] is not None:
@@ -537,7 +582,7 @@ def _source_rules(det: Detection, suspect, column, kind):
         entity = {kind: key, "country": sample_row["country"], "asn": sample_row["asn_key"]}
         if kind == "ip":
             entity["prefix"] = sample_row["prefix"]
-        shared = _shared_source(column, key, T)
+        shared = _shared_source(column, key, T) or _own_hosted_client(column, key, sample_row, T)
         for rule, count, first in found:
             severity = params[rule]["severity"]
             if shared and SEVERITY_RANK[severity] > SEVERITY_RANK["medium"]:
@@ -634,12 +679,36 @@ def _rows_compiled_once(shape, queryset_of, params) -> list[dict] | object:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _shared_source(column, key, T) -> bool:
+def _shared_source(column, key, T, exclude_user="") -> bool:
     """Several different users logged in successfully from here in the last week (NAT, carrier)."""
     recent = AuthEvent.objects.filter(
         **{column: key}, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lte=T
     ).values("username")
+    if exclude_user:
+        recent = recent.exclude(username=exclude_user)
     return recent.distinct().count() >= SHARED_SOURCE_USERS
+
+
+def _own_hosted_client(column, key, sample_row, T) -> bool:
+    """A declared hosting range failing only for accounts that log in from that range every day:
+    the organisation's own relay or CRM with a wrong password after a move, not a spray."""
+    name = sample_row["network_name"]
+    if sample_row["network_kind"] != NetworkKind.HOSTING or not name:
+        return False
+    week = Q(ts__gt=T - dt.timedelta(days=7), ts__lte=T)
+    users = set(
+        AuthEvent.objects.filter(week, **{column: key}, result__in=FAILURE_RESULTS)
+        .values_list("username", flat=True)
+        .distinct()
+    )
+    if not users:
+        return False
+    own = set(
+        AuthEvent.objects.filter(week, network_name=name, username__in=users, result=Result.SUCCESS)
+        .values_list("username", flat=True)
+        .distinct()
+    )
+    return users <= own
 
 
 def _respond_block(alert, rule, kind, key, sample_row, T):
@@ -648,8 +717,14 @@ def _respond_block(alert, rule, kind, key, sample_row, T):
     if kind == "prefix":
         if sample_row["network_kind"] == NetworkKind.MOBILE:
             return  # a carrier's prefix is shared by many subscribers
-        if AuthEvent.objects.filter(prefix=key, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7)).exists():
+        if AuthEvent.objects.filter(
+            prefix=key, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lte=T
+        ).exists():
             return  # somebody legitimate uses this prefix
+    elif AuthEvent.objects.filter(
+        client_ip=key, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lt=alert.first_seen
+    ).exists():
+        return  # people logged in from here before the failures began: a home or small office, not a bot
     block = create_block(
         Block.Kind.IP if kind == "ip" else Block.Kind.PREFIX,
         key,
@@ -714,6 +789,9 @@ def _asn_stuffing(det: Detection, suspect):
         if st["ips"] < 2 or st["users"] < p["users"] or st["unknown"] < float(p["unknown_ratio"]) * st["users"]:
             continue
         rows = [r for r in suspect if r["as_name"] == st["as_name"]]
+        # Our own users' ISP (many of them log in from it): mistyped usernames from thousands of
+        # homes add up there every hour; worth a look, not a page.
+        home_isp = _shared_source("as_name", st["as_name"], T)
         det.alert(
             "stuffing",
             f"asn:{rows[-1]['asn_key']}",
@@ -722,6 +800,7 @@ def _asn_stuffing(det: Detection, suspect):
             first_seen=st["first"] or T,
             verdict=f"Credential stuffing: {st['users']} users tried from {st['ips']} addresses in AS {st['as_name']}",
             samples=[_sample(r) for r in rows[-SAMPLES_PER_UPDATE:]],
+            severity="medium" if home_isp and SEVERITY_RANK[p["severity"]] > SEVERITY_RANK["medium"] else None,
         )
 
 
@@ -798,15 +877,30 @@ def _block_pairs(alert, rule, user, T, minutes, slice_rows, fresh):
     A new alert blocks every source seen in the window; later slices block only
     their new sources, skipping pairs already under an active block.
     """
+    fields = ("client_ip", "network_name", "network_kind", "as_name")
     if fresh:
-        ips = list(
+        sources = set(
             AuthEvent.objects.filter(suspect=True, username=user, ts__gt=T - dt.timedelta(minutes=minutes), ts__lte=T)
             .exclude(network_kind__in=TRUSTED_KINDS)
-            .values_list("client_ip", flat=True)
+            .values_list(*fields)
             .distinct()[:200]
         )
     else:
-        ips = sorted({r["client_ip"] for r in slice_rows if r["network_kind"] not in TRUSTED_KINDS})
+        sources = {tuple(r[f] for f in fields) for r in slice_rows if r["network_kind"] not in TRUSTED_KINDS}
+    if sources:
+        # Not the attacker: an address with logins in the last week (a NAT, a relay), or one in a
+        # carrier or ISP the user logs in from (her own phone mistyping on a new address).
+        used = set(
+            AuthEvent.objects.filter(
+                client_ip__in={s[0] for s in sources},
+                result=Result.SUCCESS,
+                ts__gt=T - dt.timedelta(days=7),
+                ts__lte=T,
+            ).values_list("client_ip", flat=True)
+        )
+        nets = _user_networks(user, T)
+        sources = {s for s in sources if s[0] not in used and not _in_networks(s[1], s[2], s[3], nets)}
+    ips = sorted({s[0] for s in sources})
     if not ips:
         return
     active = set(
@@ -923,13 +1017,20 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         def live(key, ts=ts):
             return [a for a in flagged.get(key, []) if a.first_seen <= ts and a.last_seen >= ts - window]
 
-        by_source = live(f"ip:{ip}") + live(f"prefix:{row['prefix']}")
+        by_ip = live(f"ip:{ip}")
+        # Another address of a prefix the user has always used (a relay next to an attacker's VM):
+        # only the attacking address itself says anything.
+        by_source = by_ip + ([] if row.get("known_source") else live(f"prefix:{row['prefix']}"))
         # The user was attacked from elsewhere: only a login from a place the user never used is suspicious.
         by_user = [] if row.get("known_source") or row.get("known_asn") else live(f"user:{row['username']}")
-        causes = by_source + by_user
-        if not causes:
+        if not (by_source or by_user):
             continue
         user = row["username"]
+        if _shared_source("client_ip", ip, ts, exclude_user=user):
+            continue  # a NAT or carrier address where other people log in every day: not the attacker's
+        if not by_source and _familiar_network(row, user, ts):
+            continue  # the user's own carrier or ISP (a new address in it), not a place they never used
+        causes = by_source + by_user
         alert = det.alert(
             "success_after_attack",
             f"user:{user}",
@@ -943,9 +1044,12 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
             samples=[_sample(row)],
             domain_name=domain_of(user),
         )
+        # The attacking address itself: block it. A login from elsewhere while the account was
+        # under attack: block that address for this user only (it may be a shared one).
         block = create_block(
-            Block.Kind.IP,
+            Block.Kind.IP if by_ip else Block.Kind.IP_USER,
             ip,
+            username="" if by_ip else user,
             reason=f"Login after attack on {user} (alert {alert.pk})",
             rule="success_after_attack",
             alert=alert,
@@ -953,10 +1057,42 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         )
         if block is not None:
             Alert.objects.filter(pk=alert.pk).update(
-                action=f"blocked IP {ip} for {_duration(block.expires_at - block.created)}; "
+                action=f"blocked IP {ip}{'' if by_ip else ' for ' + user} for "
+                f"{_duration(block.expires_at - block.created)}; "
                 "consider suspending the mailbox and resetting its password",
                 action_expires_at=block.expires_at,
             )
+
+
+def _familiar_network(row, user, ts) -> bool:
+    """Has the user logged in before from this address's named network or AS (a carrier, an ISP)?"""
+    nets = _user_networks(user, ts)
+    return _in_networks(row["network_name"], row["network_kind"], row["as_name"], nets)
+
+
+USER_NETWORK_MEMORY = dt.timedelta(days=30)
+
+
+def _user_networks(user, T) -> tuple[set, set]:
+    """(named networks, AS names) the user logged in from in the last month; hosting ranges are
+    shared with strangers and never count."""
+    names, ases = set(), set()
+    for name, kind, as_name in (
+        AuthEvent.objects.filter(username=user, result=Result.SUCCESS, ts__gt=T - USER_NETWORK_MEMORY, ts__lt=T)
+        .values_list("network_name", "network_kind", "as_name")
+        .distinct()
+    ):
+        if name and kind != NetworkKind.HOSTING:
+            names.add(name)
+        if as_name and kind != NetworkKind.HOSTING:
+            ases.add(as_name)
+    return names, ases
+
+
+def _in_networks(name, kind, as_name, nets) -> bool:
+    if kind == NetworkKind.HOSTING:
+        return False
+    return bool(name and name in nets[0]) or bool(as_name and as_name in nets[1])
 
 
 def _success_finding(det, row, rule, detail):

@@ -81,6 +81,13 @@ def geoip_lookup(ip: str) -> Place:
     if reader is None:
         return UNKNOWN
     try:
+        if not ipaddress.ip_address(ip).is_global:
+            # Private, CGNAT and documentation space: GeoIP calls it all "IANA.ORG", one
+            # pseudo-AS that would make every such address look like every other.
+            return UNKNOWN
+    except ValueError:
+        return UNKNOWN
+    try:
         result = reader.lookup(ip)
     except Exception:
         return UNKNOWN

@@ -332,3 +332,202 @@ def test_marking_safe_lifts_blocks_and_feeds_allowlist_or_baseline():
     from mailadmin.monitoring.models import UserBaseline
 
     assert "AU" in UserBaseline.objects.get(username="bob@a.example").countries
+
+
+# ---------------------------------------------------------------- benign look-alikes found by the replay
+
+
+@pytest.mark.django_db
+def test_a_relay_moved_to_a_new_address_with_a_wrong_password_for_five_accounts_is_not_brute_force():
+    NamedNetwork.objects.create(network="198.18.0.0/16", name="Cloud", kind="hosting", country="IE")
+    senders = [f"crm{k}@a.example" for k in range(5)]
+    feed(learned(senders, ip="198.18.1.10"))
+    # moved within the cloud: the same wrong password per account, every two minutes for an hour
+    feed(
+        [
+            event("198.18.9.20", u, ts=BASE + i * 2 * M + k * dt.timedelta(seconds=7), pw_fp=900 + k)
+            for i in range(30)
+            for k, u in enumerate(senders)
+        ]
+    )
+    assert high_alerts() == []
+    assert not Block.objects.exists()
+    assert alerts("stale_client").count() == len(senders)  # a low note per account
+
+
+@pytest.mark.django_db
+def test_a_guessers_fingerprint_collisions_still_count_as_guesses():
+    # 12 guesses, but the 12-bit fingerprints of four of them collide with earlier ones
+    feed([event(ATTACKER, "ann@a.example", ts=BASE + i * 20 * dt.timedelta(seconds=1), pw_fp=i % 8) for i in range(12)])
+    assert alerts("ip_bruteforce").get().count == 12
+    assert not alerts("stale_client").exists()
+
+
+@pytest.mark.django_db
+def test_a_guesser_repeating_nothing_is_still_brute_force_after_the_relay_rule():
+    # the same address, but every try a new password: counted as before
+    feed(
+        [
+            event(ATTACKER, f"crm{i % 5}@a.example", ts=BASE + i * 20 * dt.timedelta(seconds=1), pw_fp=i)
+            for i in range(12)
+        ]
+    )
+    assert alerts("ip_bruteforce").get().severity == "high"
+
+
+def _slow_attack_on_ann():
+    # ann has used her carrier (a named mobile network) and the office; then a botnet guesses her password
+    NamedNetwork.objects.create(network="100.64.0.0/16", name="Carrier DE", kind="mobile", country="DE")
+    events = learned(["ann@a.example"])
+    events += [
+        event(f"100.64.{d}.9", "ann@a.example", "success", ts=BASE - dt.timedelta(days=6 - d, hours=3), pw_fp=100)
+        for d in range(5)
+    ]
+    feed(events)
+    feed([event(f"203.0.113.{i + 1}", "ann@a.example", ts=BASE + i * 3 * M, pw_fp=700 + i) for i in range(12)])
+    assert alerts("account_bruteforce").get().severity == "high"
+
+
+@pytest.mark.django_db
+def test_the_user_on_a_new_address_of_her_own_carrier_during_an_attack_is_not_compromise():
+    _slow_attack_on_ann()
+    feed([event("100.64.77.3", "ann@a.example", "success", ts=BASE + 40 * M, pw_fp=100)])
+    assert not alerts("success_after_attack").exists()
+    assert not Block.objects.filter(value="100.64.77.3").exists()
+
+
+@pytest.mark.django_db
+def test_her_phone_mistyping_on_a_new_carrier_address_during_the_attack_is_not_blocked():
+    _slow_attack_on_ann()
+    feed([event("100.64.88.8", "ann@a.example", ts=BASE + 38 * M, pw_fp=55)])
+    assert Block.objects.filter(value="203.0.113.5", username="ann@a.example").exists()
+    assert not Block.objects.filter(value="100.64.88.8").exists()
+
+
+@pytest.mark.django_db
+def test_a_new_address_getting_in_after_a_distributed_attack_is_critical_and_blocked_for_that_user():
+    _slow_attack_on_ann()
+    feed([event("198.18.5.5", "ann@a.example", "success", ts=BASE + 40 * M, pw_fp=100)])
+    alert = alerts("success_after_attack").get()
+    assert alert.severity == "critical"
+    block = Block.objects.get(rule="success_after_attack")
+    assert (block.kind, block.value, block.username) == ("ip_user", "198.18.5.5", "ann@a.example")
+
+
+@pytest.mark.django_db
+def test_a_login_from_a_busy_nat_right_after_an_attack_on_it_is_not_compromise():
+    # many users behind one address (a university NAT); unknown students mistype at the start of term
+    feed(learned(USERS, ip="198.51.100.50"))
+    newcomers = [f"student{i}@a.example" for i in range(8)]
+    feed([event("198.51.100.50", u, ts=BASE + i * 4 * M, pw_fp=300 + i) for i, u in enumerate(newcomers)])
+    assert alerts("spray").filter(entity_key="ip:198.51.100.50").get().severity == "medium"  # shared: not shouted
+    feed([event("198.51.100.50", USERS[0], "success", ts=BASE + 40 * M, pw_fp=100)])
+    assert high_alerts() == []
+    assert not Block.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_address_with_logins_before_the_failures_is_alerted_but_not_blocked():
+    # ann's home connection (her only address): later a device there guesses at other accounts
+    feed(learned(["ann@a.example"], ip="198.51.100.60"))
+    feed([event("198.51.100.60", USERS[i % 4], ts=BASE + i * 30 * dt.timedelta(seconds=1), pw_fp=i) for i in range(12)])
+    assert alerts("ip_bruteforce").get().severity == "high"
+    assert not Block.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_users_own_phone_mistyping_during_an_attack_is_not_blocked_for_her():
+    feed(learned(["ann@a.example"]))
+    feed([event("198.18.7.7", "ann@a.example", "success", ts=BASE - 2 * H, pw_fp=100)])  # her phone, today
+    attack = [event(f"203.0.113.{i + 1}", "ann@a.example", ts=BASE + i * 3 * M, pw_fp=700 + i) for i in range(12)]
+    feed(attack + [event("198.18.7.7", "ann@a.example", ts=BASE + 10 * M, pw_fp=55)])  # a typo on the phone
+    assert alerts("account_bruteforce").exists()
+    blocked = set(Block.objects.values_list("value", flat=True))
+    assert "203.0.113.5" in blocked and "198.18.7.7" not in blocked
+
+
+@pytest.mark.django_db
+def test_the_real_user_after_an_impossible_login_is_not_impossible_travel_in_turn():
+    from mailadmin.monitoring.models import UserBaseline
+
+    _networks()
+    feed(learned(["ann@a.example"], ip="192.0.2.10"))
+    feed([event("192.0.2.10", "ann@a.example", "success", ts=BASE, pw_fp=100)])
+    feed([event("198.51.100.5", "ann@a.example", "success", ts=BASE + 30 * M, pw_fp=100)])  # Sydney: stolen
+    # ann at home in Berlin an hour later (a residential network with coordinates)
+    NamedNetwork.objects.create(
+        network="198.18.2.0/24", name="Berlin ISP", kind="residential", country="DE", latitude=52.5, longitude=13.4
+    )
+    from mailadmin.monitoring import enrich
+
+    enrich._named.invalidate()
+    feed([event("198.18.2.9", "ann@a.example", "success", ts=BASE + 90 * M, pw_fp=100)])
+    travel = alerts("impossible_travel").get()
+    assert travel.count == 1 and travel.entity["ip"] == "198.51.100.5"
+    base = UserBaseline.objects.get(username="ann@a.example")
+    assert "AU" not in base.countries and round(base.last_lat) == 52
+
+
+def _unknown_names_from(ips):
+    return [
+        event(ips[i % len(ips)], f"nobody{i}@a.example", "unknown_user", ts=BASE + i * 3 * M, pw_fp=i)
+        for i in range(12)
+    ]
+
+
+@pytest.mark.django_db
+def test_stuffing_spread_over_an_as_is_high_but_medium_from_our_users_own_isp():
+    # our users' homes are Telekom customers (real Telekom addresses: the offline GeoIP names the AS)
+    feed([e for i, u in enumerate(USERS[:5]) for e in learned([u], ip=f"80.187.{i + 1}.9")])
+    feed(_unknown_names_from([f"80.187.{100 + i}.7" for i in range(6)]))  # mistyped names, six homes
+    feed(_unknown_names_from([f"5.79.64.{10 + i}" for i in range(6)]))  # a hosting AS nobody uses
+    by_asn = {a.entity["asn"]: a.severity for a in alerts("stuffing") if a.entity_key.startswith("asn:")}
+    assert by_asn == {"Deutsche Telekom AG": "medium", "LeaseWeb Netherlands B.V.": "high"}
+
+
+@pytest.mark.django_db
+def test_a_relay_next_to_a_spraying_prefix_is_not_compromise():
+    # the relay has sent from 198.18.3.10 all week; attackers in the same /24 spray our users
+    feed(learned(["relay@a.example"], ip="198.18.3.10"))
+    feed([event(f"198.18.3.{100 + i}", u, ts=BASE + i * 2 * M, pw_fp=42) for i, u in enumerate(USERS[:8])])
+    assert alerts("spray").filter(entity_key="prefix:198.18.3.0/24").exists()
+    feed([event("198.18.3.10", "relay@a.example", "success", ts=BASE + 20 * M, pw_fp=100)])
+    assert not alerts("success_after_attack").exists()
+    assert not Block.objects.filter(value__in=["198.18.3.10", "198.18.3.0/24"]).exists()
+
+
+@pytest.mark.django_db
+def test_the_first_morning_behind_an_unknown_nat_is_not_an_attack():
+    # day one of monitoring: no baselines yet; 40 people arrive within the hour, a third mistype first
+    people = [f"staff{i}@a.example" for i in range(40)]
+    events = []
+    for i, u in enumerate(people):
+        t = BASE.replace(hour=8) + i * 90 * dt.timedelta(seconds=1)
+        if i % 3 == 0:
+            events.append(event("198.51.100.80", u, ts=t, pw_fp=900 + i))
+        events.append(event("198.51.100.80", u, "success", ts=t + dt.timedelta(seconds=20), pw_fp=100))
+    feed(events, batch=20)
+    assert high_alerts() == []
+    assert not Block.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_thiefs_login_is_not_learned_as_the_users_place():
+    from mailadmin.monitoring.models import UserBaseline
+
+    _networks()
+    NamedNetwork.objects.create(
+        network="198.18.2.0/24", name="Berlin ISP", kind="residential", country="DE", latitude=52.5, longitude=13.4
+    )
+    feed(learned(["ann@a.example"], ip="198.18.2.9"))
+    # a brute force from Sydney gets in (success after attack) ...
+    feed(
+        [event("198.51.100.5", "ann@a.example", ts=BASE + i * 10 * dt.timedelta(seconds=1), pw_fp=i) for i in range(15)]
+    )
+    feed([event("198.51.100.5", "ann@a.example", "success", ts=BASE + 4 * M, pw_fp=100)])
+    assert alerts("success_after_attack").get().severity == "critical"
+    # ... and ann herself at home in Berlin six hours later is not impossible travel
+    feed([event("198.18.2.9", "ann@a.example", "success", ts=BASE + 6 * H, pw_fp=100)])
+    assert not alerts("impossible_travel").exists()
+    base = UserBaseline.objects.get(username="ann@a.example")
+    assert "AU" not in base.countries and "198.51.100.0/24" not in base.prefixes
