@@ -1128,6 +1128,10 @@ def _success_finding(det, row, rule, detail):
 # ---------------------------------------------------------------- alerts
 
 
+# What raise_alert changes on a live alert (the rest was read under the lock and is unchanged).
+UPDATED_ON_REPEAT = ["severity", "last_seen", "first_seen", "count", "verdict", "entity", "resolve_after", "evidence"]
+
+
 def _live_alert_for_update(rule, entity_key):
     """The open or acknowledged alert of (rule, entity), locked; None if there is none.
 
@@ -1208,7 +1212,7 @@ def raise_alert(
                 seen = {(s.get("ts"), s.get("ip"), s.get("username")) for s in alert.evidence}
                 new = [s for s in samples if (s.get("ts"), s.get("ip"), s.get("username")) not in seen]
                 alert.evidence = (alert.evidence + new)[:MAX_EVIDENCE]
-                alert.save()
+                alert.save(update_fields=UPDATED_ON_REPEAT)  # the columns set just above
             if fresh and notify:
                 from mailadmin.monitoring import notify as notify_mod
 
