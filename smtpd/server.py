@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import dataclasses
 import datetime
+import fcntl
 import gc
 import ipaddress
 import logging
@@ -52,15 +53,25 @@ def format_address(host: str, port: int) -> str:
 
 def development_certificate(directory: Path, hostname: str) -> tuple[Path, Path]:
     """A self-signed pair for development, generated once into var/."""
+    cert_path, key_path = directory / "smtpd-cert.pem", directory / "smtpd-key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True)
+    # Several processes may start at once (workers, a second smtpd on the same var/):
+    # one generates the pair under an exclusive lock, the others then find it.
+    with open(directory / "smtpd-cert.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cert_path.exists() and key_path.exists():
+            return cert_path, key_path
+        return _generate_development_certificate(cert_path, key_path, hostname)
+
+
+def _generate_development_certificate(cert_path: Path, key_path: Path, hostname: str) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    cert_path, key_path = directory / "smtpd-cert.pem", directory / "smtpd-key.pem"
-    if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
-    directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
@@ -269,6 +280,7 @@ def serve_workers(config: Config, workers: int) -> int:
                 continue
             reserved.append(sock)
             resolved[kind].append(format_address(host, sock.getsockname()[1]))
+    tls_context(config)  # a bad certificate fails here, once; the development pair is made before forking
     _preload()
     connections.close_all()  # nothing the workers could share by accident
     gc.collect()
