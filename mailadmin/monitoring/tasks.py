@@ -6,7 +6,7 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_init
-from django.db import DatabaseError, InterfaceError
+from django.db import InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,19 @@ def preload_geoip(**kwargs):
     _geoip_reader()
 
 
+# Retried only while the database is unreachable (a lost connection, a server restarting):
+# as long as it takes, at most 10 s apart so ingest resumes soon after the database does.
+# An error in the data itself is not retried: the same batch would fail forever.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
+
+
 # Safe to repeat (idempotent insert), so acks_late: a worker killed mid-batch loses nothing.
 @shared_task(
     name="monitoring.ingest_auth_events",
     acks_late=True,
-    autoretry_for=(DatabaseError, InterfaceError),
+    autoretry_for=TRANSIENT_DATABASE_ERRORS,
     retry_backoff=2,
-    retry_backoff_max=60,
+    retry_backoff_max=10,
     max_retries=None,
 )
 def ingest_auth_events(events):
@@ -43,9 +49,10 @@ def ingest_auth_events(events):
 @shared_task(
     name="monitoring.record_messages_sent",
     acks_late=True,
-    autoretry_for=(DatabaseError, InterfaceError),
+    autoretry_for=TRANSIENT_DATABASE_ERRORS,
     retry_backoff=2,
-    max_retries=10,
+    retry_backoff_max=10,
+    max_retries=None,
 )
 def record_messages_sent(items):
     from mailadmin.monitoring.sent import record_sent
