@@ -27,13 +27,14 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from mailadmin.monitoring.netmatch import NetworkTable
+
 log = logging.getLogger(__name__)
 
 VERSION_KEY = "monitoring:blocks:version"
 # A Redis GET per process at most this often while AUTHs arrive; bounds the smtpd's
 # share of the failed-AUTH-to-block latency (bench/latency.py).
 POLL_SECONDS = 0.1
-MEMO_MAX = 100_000
 FALLBACK_RELOAD_SECONDS = 5.0
 FULL_RELOAD_SECONDS = 60.0
 
@@ -105,10 +106,8 @@ class _Snapshot:
         self.prefixes: dict[str, _Entry] = {}
         self.prefix_lengths: dict[int, set[int]] = {4: set(), 6: set()}
         self.ip_users: dict[tuple[str, str], _Entry] = {}
-        self.allowed: dict[str, str] = {}
-        self.allowed_lengths: dict[int, set[int]] = {4: set(), 6: set()}
-        # address → allowlist note (or None) for the loaded allowlist; replaced on every load.
-        self.allowed_memo: dict = {}
+        # network → allowlist note; replaced (with its per-address memo) on every load.
+        self.allowlist = NetworkTable()
 
     def invalidate_local(self):
         """Reload at the next check (tests; a fresh database)."""
@@ -167,33 +166,18 @@ class _Snapshot:
                 prefix_lengths[net.version].add(net.prefixlen)
             else:
                 ip_users[(block.value, block.username.lower())] = entry
-        allowed, allowed_lengths = {}, {4: set(), 6: set()}
+        allowed = {}
         for net_text, note in AllowedNetwork.objects.values_list("cidr", "note"):
             try:
-                net = ipaddress.ip_network(net_text, strict=False)
+                allowed[ipaddress.ip_network(net_text, strict=False)] = note or "allowlisted"
             except ValueError:
                 continue
-            allowed[str(net)] = note or "allowlisted"
-            allowed_lengths[net.version].add(net.prefixlen)
         self.ips, self.prefixes, self.ip_users = ips, prefixes, ip_users
         self.prefix_lengths = prefix_lengths
-        self.allowed, self.allowed_lengths = allowed, allowed_lengths
-        self.allowed_memo = {}
+        self.allowlist = NetworkTable(allowed)
 
     def allowlist_note(self, addr) -> str | None:
-        memo = self.allowed_memo
-        if addr in memo:
-            return memo[addr]
-        found = None
-        for length in self.allowed_lengths[addr.version]:
-            note = self.allowed.get(str(ipaddress.ip_network(f"{addr}/{length}", strict=False)))
-            if note is not None:
-                found = note
-                break
-        if len(memo) >= MEMO_MAX:
-            memo.clear()
-        memo[addr] = found
-        return found
+        return self.allowlist.lookup(addr)
 
 
 _snapshot = _Snapshot()

@@ -15,6 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from mailadmin.monitoring.netmatch import MEMO_MAX, NetworkTable
+
 log = logging.getLogger(__name__)
 
 GEOIP_DATA_FILE = "geoip2fast-asn-ipv6.dat.gz"
@@ -95,20 +97,14 @@ def geoip_lookup(ip: str) -> Place:
     return Place(country=country, as_name=(result.asn_name or "")[:200])
 
 
-MEMO_MAX = 100_000
-
-
 class _NamedNetworks:
     def __init__(self):
         self._lock = threading.Lock()
         self._loaded_at = 0.0
         self._polled_at = 0.0
         self._version = None
-        self.by_net: dict[str, Place] = {}
-        self.lengths: dict[int, list[int]] = {4: [], 6: []}
-        # address → its named network (or None) for the loaded set: a replay asks for the
-        # same few thousand addresses again and again, each a dozen prefix parses.
-        self.memo: dict = {}
+        # network → Place of the named networks loaded (and address → its Place, memoised).
+        self.table = NetworkTable()
         # address text → its Place (named network and GeoIP) for the loaded set: ingest asks
         # for the same addresses all day, and a GeoIP lookup is pure Python.
         self.places: dict = {}
@@ -139,13 +135,13 @@ class _NamedNetworks:
     def _load(self):
         from mailadmin.monitoring.models import NamedNetwork
 
-        by_net, lengths = {}, {4: set(), 6: set()}
+        by_net = {}
         for n in NamedNetwork.objects.all():
             try:
                 net = ipaddress.ip_network(n.network, strict=False)
             except ValueError:
                 continue
-            by_net[str(net)] = Place(
+            by_net[net] = Place(
                 country=n.country,
                 city=n.city,
                 latitude=n.latitude,
@@ -155,27 +151,11 @@ class _NamedNetworks:
                 network_name=n.name,
                 network_kind=n.kind,
             )
-            lengths[net.version].add(net.prefixlen)
-        self.by_net = by_net
-        # Most specific network first.
-        self.lengths = {v: sorted(ls, reverse=True) for v, ls in lengths.items()}
-        self.memo = {}
+        self.table = NetworkTable(by_net)  # most specific network first
         self.places = {}
 
     def lookup(self, addr) -> Place | None:
-        memo = self.memo
-        if addr in memo:
-            return memo[addr]
-        found = None
-        for length in self.lengths[addr.version]:
-            place = self.by_net.get(str(ipaddress.ip_network(f"{addr}/{length}", strict=False)))
-            if place is not None:
-                found = place
-                break
-        if len(memo) >= MEMO_MAX:
-            memo.clear()
-        memo[addr] = found
-        return found
+        return self.table.lookup(addr)
 
 
 _named = _NamedNetworks()
