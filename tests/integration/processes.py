@@ -5,7 +5,6 @@ auth-event feed into the broker, and staff users polling the overview."""
 
 import http.client
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from tests.smtpd.test_events import free_port  # noqa: F401 - re-exported for the integration tests
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,12 +42,6 @@ def start_worker(env, log_path, concurrency=1, loglevel="INFO"):
         start_new_session=True,  # its own process group: SIGKILL takes the pool child too
     )
     return proc, log
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class WebServer:

@@ -32,6 +32,7 @@ from mailadmin.staff.accounts import create_staff
 from mailadmin.staff.models import Role
 from smtpd.mechanisms import ScramClient
 from tests.conftest import add_totp
+from tests.integration.processes import wait_for
 from tests.smtpd.conftest import ROOT, TEST_FERNET_KEY, RawClient, server_env, smtp_client, smtpd_factory  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -121,15 +122,6 @@ def leaks(haystacks: dict[str, list[bytes]], secrets: dict[str, str]) -> list[st
                 if any(form in item for item in items):
                     found.append(f"{name} ({form[:12]!r}...) in {where}")
     return found
-
-
-def wait_for(condition, timeout=30.0, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
 
 
 def start_worker(log_path, env):
@@ -238,7 +230,7 @@ def test_no_secret_reaches_the_database_logs_broker_cache_or_spool(
 
     # --- the broker as the smtpd left it (no worker yet): every published batch
     r = redis.Redis.from_url(broker_url)
-    assert wait_for(lambda: r.llen("ingest") > 0), "the smtpd published no auth events"
+    assert wait_for(lambda: r.llen("ingest") > 0, timeout=30), "the smtpd published no auth events"
     time.sleep(1.0)  # the last batch (250 ms flush interval)
     broker = redis_dump(broker_url)
     events = [e for body in broker for e in _events_in(body)]
