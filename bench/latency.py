@@ -42,13 +42,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BENCH_SECRET_KEY = "bench-secret-key-not-for-production-0123456789abcdef"
-BENCH_FERNET_KEY = "m1T2YhQ0Zb0pJm3bW5Vq9yN6cXr8sLkA4dFgHjKlQwE="
+from bench.smtp_auth import BENCH_FERNET_KEY, BENCH_SECRET_KEY, prepare_database  # noqa: E402
+
 DOMAIN = "latency.example"
 PASSWORD = "Copper-bench-Harbour-62-quiet"
 GUESSES = [f"Guess-{i:02d}-violet-Anchor-drift" for i in range(16)]
@@ -81,20 +80,6 @@ def base_env(database_url: str, var: Path) -> dict:
         }
     )
     return env
-
-
-def prepare_database(database_url: str, env: dict) -> None:
-    import psycopg
-
-    url = urlsplit(database_url)
-    name = url.path.lstrip("/")
-    admin = urlunsplit(("postgresql", url.netloc, "/postgres", "", ""))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL
-    )
 
 
 def prepare_data(runs: int) -> None:

@@ -103,10 +103,11 @@ def bench_env(args, var: Path, cert: Path | None = None, key: Path | None = None
     return env
 
 
-def prepare_database(args, env: dict) -> None:
+def prepare_database(database_url: str, env: dict) -> None:
+    """Create the database if missing, then migrate it (also used by bench/latency.py)."""
     import psycopg
 
-    url = urlsplit(args.database_url)
+    url = urlsplit(database_url)
     name = url.path.lstrip("/")
     admin = urlunsplit(("postgresql", url.netloc, "/postgres", "", ""))
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -773,7 +774,7 @@ def main() -> int:
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
     print("preparing the database ...", flush=True)
-    prepare_database(args, env)
+    prepare_database(args.database_url, env)
     import django
 
     django.setup()
