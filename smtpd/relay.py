@@ -27,7 +27,11 @@ class DeliveryError(Exception):
 class MaildirRelay:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._maildir = mailbox.Maildir(self.path, create=True)
+        # mailbox.Maildir(create=True) checks, then mkdirs: forked workers starting together
+        # race on it (FileExistsError). Creating the three folders idempotently first does not.
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._maildir = mailbox.Maildir(self.path, create=False)
 
     def deliver(self, mail_from: str, rcpt_tos: list[str], message: bytes) -> None:
         envelope = f"Return-Path: <{mail_from}>\r\n" + "".join(f"X-Original-To: {rcpt}\r\n" for rcpt in rcpt_tos)

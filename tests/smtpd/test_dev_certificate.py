@@ -1,5 +1,5 @@
-"""The development certificate: generated once, and a matching pair even when several
-processes start at the same moment (forked workers, two servers on one var/)."""
+"""Start-up state shared by processes that start at the same moment (forked workers, two
+servers on one var/): one matching development certificate pair, one Maildir."""
 
 import ssl
 import threading
@@ -25,3 +25,24 @@ def test_simultaneous_starts_get_one_matching_pair(tmp_path):
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     before = cert.read_bytes()
     assert development_certificate(tmp_path, "smtp.test") == (cert, key) and cert.read_bytes() == before
+
+
+def test_simultaneous_starts_share_one_maildir(tmp_path):
+    from smtpd.relay import MaildirRelay
+
+    errors, barrier = [], threading.Barrier(6)
+
+    def start():
+        barrier.wait()
+        try:
+            MaildirRelay(tmp_path / "maildir")
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(p.name for p in (tmp_path / "maildir").iterdir()) == ["cur", "new", "tmp"]
