@@ -130,6 +130,11 @@ ACCOUNT_RATE_LIMITS = {
 }
 MFA_SUPPORTED_TYPES = ["totp", "webauthn", "recovery_codes"]
 MFA_TOTP_ISSUER = env_str("MFA_TOTP_ISSUER", "Mailadmin")
+# Accept the code of the previous and next 30 s step too (RFC 6238 section 5.2):
+# a code typed as its step ends, or a phone clock a few seconds off, would
+# otherwise be refused. Codes stay single-use (allauth and the portal remember
+# used codes for longer than the three steps).
+MFA_TOTP_TOLERANCE = 1
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
 MFA_PASSKEY_LOGIN_ENABLED = False
 

@@ -63,6 +63,23 @@ def test_wrong_totp_code_is_refused_and_audited(client, member):
     assert not AuditEntry.objects.filter(action="login").exists()
 
 
+def test_code_of_the_previous_step_is_accepted_once_and_older_ones_are_not(client, member):
+    # A code typed just as its 30 s step ends must still work (MFA_TOTP_TOLERANCE = 1),
+    # but only once, and a code two steps old is refused.
+    secret = add_totp(member)
+    if 30 - time.time() % 30 < 3:  # keep the whole test inside one step
+        time.sleep(30 - time.time() % 30)
+    login_with_password(client, member.email)
+    response = client.post(reverse("mfa_authenticate"), {"code": totp_code(secret, offset=-2)})
+    assert response.status_code == 200 and response.context["form"].errors
+    response = client.post(reverse("mfa_authenticate"), {"code": totp_code(secret, offset=-1)})
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard")
+    client.logout()
+    login_with_password(client, member.email)
+    response = client.post(reverse("mfa_authenticate"), {"code": totp_code(secret, offset=-1)})
+    assert response.status_code == 200 and response.context["form"].errors
+
+
 def test_wrong_password_and_unknown_user_are_audited_without_the_password(client, member):
     login_with_password(client, member.email, "Wrong-password-123")
     login_with_password(client, "nobody@staff.example", "Other-password-456")
