@@ -228,33 +228,12 @@ def bound_cursor():
         return connection._prepare_cursor(ServerBindingCursor(connection.connection))
 
 
-def _insert_new_postgresql(rows, fields, table, cols) -> set[uuid.UUID]:
-    """One statement per 5,000 rows with a parameter per column (unnest of arrays): cheap to parse."""
-    casts = ", ".join(f"%b::{f.db_type(connection)}[]" for f in fields)
-    # Identifiers and types come from model metadata; every value is a parameter.
-    select = f"SELECT * FROM unnest({casts})"  # noqa: S608
-    sql = f"INSERT INTO {table} ({cols}) {select} ON CONFLICT (event_id) DO NOTHING RETURNING event_id"  # noqa: S608
-    # validate() and _enrich() produce the stored values (UUID, aware datetimes, str, int, float,
-    # None) and classify_and_learn() sets "suspect": they go to the arrays as they are (the SQL
-    # casts them), without a per-value get_db_prep_save.
-    defaults = {f.attname: f.get_default() for f in fields}
-    new_ids = set()
-    with bound_cursor() as cursor:
-        for start in range(0, len(rows), 5000):
-            chunk = rows[start : start + 5000]
-            params = [[row.get(name, default) for row in chunk] for name, default in defaults.items()]
-            cursor.execute(sql, params)
-            new_ids.update(value for (value,) in cursor.fetchall())
-    return new_ids
-
-
 def insert_new(rows: list[dict]) -> set[uuid.UUID]:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING: the ids that were not there before."""
+    """INSERT … ON CONFLICT DO NOTHING RETURNING: the ids that were not there before (not
+    PostgreSQL: there _insert_and_roll_up does it with COPY)."""
     fields = _columns()
     table = connection.ops.quote_name(AuthEvent._meta.db_table)
     cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    if connection.vendor == "postgresql":
-        return _insert_new_postgresql(rows, fields, table, cols)
     one = "(" + ", ".join(["%s"] * len(fields)) + ")"
     new_ids = set()
     with connection.cursor() as cursor:
@@ -313,7 +292,8 @@ def rollup_counts(rows: list[dict]) -> Counter:
 
 
 def upsert_counts(model, time_column: str, counts: Counter) -> None:
-    """Add {(dimension, key, time, result, domain_name): n} to a rollup table: one upsert statement.
+    """Add {(dimension, key, time, result, domain_name): n} to a rollup table (not PostgreSQL:
+    there _insert_and_roll_up counts and upserts in SQL).
 
     Rows are locked in sorted key order, so concurrent workers never deadlock.
     """
@@ -326,17 +306,6 @@ def upsert_counts(model, time_column: str, counts: Counter) -> None:
     conflict = (
         f" ON CONFLICT (dimension, key, {time_column}, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
     )
-    if connection.vendor == "postgresql":
-        keys, counts_ = zip(*items, strict=True)
-        dimensions, key_values, times, results, domains = zip(*keys, strict=True)
-        with bound_cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} {columns} "  # noqa: S608 - identifiers from model metadata
-                "SELECT * FROM unnest(%b::timestamptz[], %b::text[], %b::text[], %b::text[], %b::int[], %b::text[])"
-                + conflict,
-                [list(times), list(dimensions), list(key_values), list(results), list(counts_), list(domains)],
-            )
-        return
     with connection.cursor() as cursor:
         for start in range(0, len(items), 1000):
             chunk = items[start : start + 1000]
