@@ -163,9 +163,7 @@ def classify_and_learn(rows: list[dict]) -> None:
         return
     params = rule_settings()
     claimed = _claim_new_baselines(rows)
-    baselines = {
-        b.username: b for b in UserBaseline.objects.select_for_update().filter(username__in=users).order_by("username")
-    }
+    baselines = {b.username: b for b in _locked_baselines(users)}
     for user in claimed:  # placeholders only: judged as "no baseline yet", exactly as before
         del baselines[user]
     failing_known = [u for u in {r["username"] for r in rows if _is_failure(r)} if u in baselines]
@@ -259,6 +257,22 @@ def classify_and_learn(rows: list[dict]) -> None:
     _save_baselines([baselines[u] for u in sorted(changed)])
 
 
+def _locked_baselines(users: list[str]):
+    """The users' baselines, locked in username order (SELECT … FOR UPDATE).
+
+    On PostgreSQL the thousands of usernames go as one array parameter: the ORM's __in
+    lookup prepared every one of them in Python, for every batch.
+    """
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return UserBaseline.objects.select_for_update().filter(username__in=users).order_by("username")
+    table = connection.ops.quote_name(UserBaseline._meta.db_table)
+    # The table name comes from model metadata; the usernames are one parameter.
+    sql = f"SELECT * FROM {table} WHERE username = ANY(%s::text[]) ORDER BY username FOR UPDATE"  # noqa: S608
+    return UserBaseline.objects.raw(sql, [users])
+
+
 def _claim_new_baselines(rows) -> set[str]:
     """Lock order for concurrent workers (no deadlocks): insert an empty row for every user
     with a success in the batch that has no baseline yet, in sorted order, BEFORE locking
@@ -280,7 +294,10 @@ def _claim_new_baselines(rows) -> set[str]:
         cursor.execute(
             f"INSERT INTO {table} (username, domain_name, success_count, countries, asns, prefixes, "  # noqa: S608
             "last_place_ip, success_fps) SELECT u, '', 0, '[]'::jsonb, '[]'::jsonb, '[]'::jsonb, '', '[]'::jsonb "
-            "FROM unnest(%b::text[]) AS u ON CONFLICT (username) DO NOTHING RETURNING username",
+            # NOT EXISTS first: most users have a baseline, and an index probe costs less than
+            # the conflict check of an attempted insert (same rows claimed either way).
+            f"FROM unnest(%b::text[]) AS u WHERE NOT EXISTS (SELECT 1 FROM {table} b WHERE b.username = u) "
+            "ON CONFLICT (username) DO NOTHING RETURNING username",
             [users],
         )
         return {username for (username,) in cursor.fetchall()}

@@ -24,22 +24,36 @@ def parse_listener_key(key: str) -> tuple[int | None, str]:
     return (int(port) if port else None), tls
 
 
-def hourly_counts(rows: list[dict], minute_counts: Counter | None = None) -> Counter:
-    """The minute rollups' counts summed per hour, plus the listener dimension."""
-    if minute_counts is None:
-        from mailadmin.monitoring.ingest import rollup_counts  # the minute rollups' own definition
+# Hourly dimensions without a minute counterpart: (dimension, event row field, scoped), as
+# ingest.ROLLUP_DIMENSIONS. "listener_key" is written by ingest for every row.
+EXTRA_DIMENSIONS = (
+    (HourlyRollup.LISTENER, "listener_key", False),
+    (HourlyRollup.DOMAIN, "domain_name", True),
+)
 
+
+def extra_dimensions(minute_dimensions) -> tuple:
+    """The hourly dimensions the minute rollups do not have already (they are summed from those)."""
+    have = {dimension for dimension, _name, _scoped in minute_dimensions}
+    return tuple(d for d in EXTRA_DIMENSIONS if d[0] not in have)
+
+
+def hourly_counts(rows: list[dict], minute_counts: Counter | None = None) -> Counter:
+    """The minute rollups' counts summed per hour, plus the dimensions only hours have."""
+    from mailadmin.monitoring.ingest import ROLLUP_DIMENSIONS, rollup_counts  # the minute rollups' definition
+
+    if minute_counts is None:
         minute_counts = rollup_counts(rows)
     counts = Counter()
     for (dimension, key, minute, result, domain_name), n in minute_counts.items():
         counts[(dimension, key, minute.replace(minute=0), result, domain_name)] += n
+    extra = extra_dimensions(ROLLUP_DIMENSIONS)
     for row in rows:
         hour = row["ts"].replace(minute=0, second=0, microsecond=0)
-        key = listener_key(row.get("listener"), row.get("tls"))
-        counts[(HourlyRollup.LISTENER, key, hour, row["result"], "")] += 1
-        if row["domain_name"]:
-            domain = row["domain_name"]
-            counts[(HourlyRollup.DOMAIN, domain, hour, row["result"], domain)] += 1
+        for dimension, name, scoped in extra:
+            key = listener_key(row.get("listener"), row.get("tls")) if name == "listener_key" else row[name]
+            if key:
+                counts[(dimension, key, hour, row["result"], row["domain_name"] if scoped else "")] += 1
     return counts
 
 

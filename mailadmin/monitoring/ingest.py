@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from mailadmin.monitoring import enrich, hourly, windows
 from mailadmin.monitoring.blocks import prefix_of
+from mailadmin.monitoring.hourly import listener_key
 from mailadmin.monitoring.models import AuthEvent, Result, Rollup, domain_of
 
 log = logging.getLogger(__name__)
@@ -227,33 +228,12 @@ def bound_cursor():
         return connection._prepare_cursor(ServerBindingCursor(connection.connection))
 
 
-def _insert_new_postgresql(rows, fields, table, cols) -> set[uuid.UUID]:
-    """One statement per 5,000 rows with a parameter per column (unnest of arrays): cheap to parse."""
-    casts = ", ".join(f"%b::{f.db_type(connection)}[]" for f in fields)
-    # Identifiers and types come from model metadata; every value is a parameter.
-    select = f"SELECT * FROM unnest({casts})"  # noqa: S608
-    sql = f"INSERT INTO {table} ({cols}) {select} ON CONFLICT (event_id) DO NOTHING RETURNING event_id"  # noqa: S608
-    # validate() and _enrich() produce the stored values (UUID, aware datetimes, str, int, float,
-    # None) and classify_and_learn() sets "suspect": they go to the arrays as they are (the SQL
-    # casts them), without a per-value get_db_prep_save.
-    defaults = {f.attname: f.get_default() for f in fields}
-    new_ids = set()
-    with bound_cursor() as cursor:
-        for start in range(0, len(rows), 5000):
-            chunk = rows[start : start + 5000]
-            params = [[row.get(name, default) for row in chunk] for name, default in defaults.items()]
-            cursor.execute(sql, params)
-            new_ids.update(value for (value,) in cursor.fetchall())
-    return new_ids
-
-
 def insert_new(rows: list[dict]) -> set[uuid.UUID]:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING: the ids that were not there before."""
+    """INSERT … ON CONFLICT DO NOTHING RETURNING: the ids that were not there before (not
+    PostgreSQL: there _insert_and_roll_up does it with COPY)."""
     fields = _columns()
     table = connection.ops.quote_name(AuthEvent._meta.db_table)
     cols = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    if connection.vendor == "postgresql":
-        return _insert_new_postgresql(rows, fields, table, cols)
     one = "(" + ", ".join(["%s"] * len(fields)) + ")"
     new_ids = set()
     with connection.cursor() as cursor:
@@ -282,27 +262,38 @@ def known_event_ids(ids: list[uuid.UUID]) -> set[uuid.UUID]:
         return {value for (value,) in cursor.fetchall()}
 
 
+# The minute rollups' dimensions: (dimension, the event row's field that keys it, whether its rows
+# carry the username's domain for scoping). Everything is generated from this list: the Python
+# counts (rollup_counts, SQLite), the PostgreSQL statement (_insert_and_roll_up) and the hourly
+# rollups (which add hourly.EXTRA_DIMENSIONS). Adding a dimension is one line here.
+ROLLUP_DIMENSIONS = (
+    ("all", None, False),  # key "": server-wide totals
+    ("ip", "client_ip", False),
+    ("prefix", "prefix", False),
+    ("username", "username", True),
+    ("country", "country", False),
+    ("asn", "asn_key", False),
+    ("mechanism", "mechanism", False),
+)
+ROLLUP_KEY_MAX = 320  # Rollup.key's max_length
+
+
 def rollup_counts(rows: list[dict]) -> Counter:
+    """{(dimension, key, minute, result, domain_name): n} of these events (empty keys are not counted)."""
     counts = Counter()
     for row in rows:
         minute = row["ts"].replace(second=0, microsecond=0)
         result = row["result"]
-        counts[("all", "", minute, result, "")] += 1
-        counts[("ip", row["client_ip"], minute, result, "")] += 1
-        counts[("prefix", row["prefix"], minute, result, "")] += 1
-        if row["username"]:
-            counts[("username", row["username"], minute, result, row["domain_name"])] += 1
-        if row["country"]:
-            counts[("country", row["country"], minute, result, "")] += 1
-        if row["asn_key"]:
-            counts[("asn", row["asn_key"][:320], minute, result, "")] += 1
-        if row["mechanism"]:
-            counts[("mechanism", row["mechanism"], minute, result, "")] += 1
+        for dimension, name, scoped in ROLLUP_DIMENSIONS:
+            key = row[name][:ROLLUP_KEY_MAX] if name else ""
+            if key or name is None:
+                counts[(dimension, key, minute, result, row["domain_name"] if scoped else "")] += 1
     return counts
 
 
 def upsert_counts(model, time_column: str, counts: Counter) -> None:
-    """Add {(dimension, key, time, result, domain_name): n} to a rollup table: one upsert statement.
+    """Add {(dimension, key, time, result, domain_name): n} to a rollup table (not PostgreSQL:
+    there _insert_and_roll_up counts and upserts in SQL).
 
     Rows are locked in sorted key order, so concurrent workers never deadlock.
     """
@@ -315,17 +306,6 @@ def upsert_counts(model, time_column: str, counts: Counter) -> None:
     conflict = (
         f" ON CONFLICT (dimension, key, {time_column}, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
     )
-    if connection.vendor == "postgresql":
-        keys, counts_ = zip(*items, strict=True)
-        dimensions, key_values, times, results, domains = zip(*keys, strict=True)
-        with bound_cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} {columns} "  # noqa: S608 - identifiers from model metadata
-                "SELECT * FROM unnest(%b::timestamptz[], %b::text[], %b::text[], %b::text[], %b::int[], %b::text[])"
-                + conflict,
-                [list(times), list(dimensions), list(key_values), list(results), list(counts_), list(domains)],
-            )
-        return
     with connection.cursor() as cursor:
         for start in range(0, len(items), 1000):
             chunk = items[start : start + 1000]
@@ -339,6 +319,96 @@ def upsert_counts(model, time_column: str, counts: Counter) -> None:
 
 def upsert_rollups(counts: Counter) -> None:
     upsert_counts(Rollup, "minute", counts)
+
+
+def insert_and_roll_up(rows: list[dict]) -> set[uuid.UUID]:
+    """Insert the events that are not stored yet and add exactly those to the minute and hourly
+    rollups (a redelivered event adds nothing). Returns the ids inserted."""
+    if connection.vendor == "postgresql":
+        return _insert_and_roll_up(rows)
+    new_ids = insert_new(rows)
+    new_rows = [r for r in rows if r["event_id"] in new_ids]
+    minute_counts = rollup_counts(new_rows)
+    upsert_rollups(minute_counts)
+    hourly.upsert_hourly_rollups(new_rows, minute_counts)
+    return new_ids
+
+
+BATCH_TABLE = "mon_ingest_batch"  # a temporary table: this session's batch on its way in
+_BATCH_EXTRA = ("ip_key", "asn_key", "listener_key")  # text keys of the rollups, as Python writes them
+
+
+def _rollup_insert_sql(model, time_column: str, unit: str, dimensions) -> str:
+    """INSERT … SELECT of the new events' counts into a rollup table, rows locked in key order."""
+    table = connection.ops.quote_name(model._meta.db_table)
+    sources = {"client_ip": "n.ip_key"}  # the address as Python normalised it (host() may differ)
+    values = ", ".join(
+        f"('{dimension}', {sources.get(name, f'n.{name}') if name else chr(39) * 2}, "
+        f"{'n.domain_name' if scoped else chr(39) * 2})"
+        for dimension, name, scoped in dimensions
+    )
+    return (
+        f"INSERT INTO {table} ({time_column}, dimension, key, result, count, domain_name) "  # noqa: S608
+        f"SELECT date_trunc('{unit}', n.ts), d.dimension, left(d.key, {ROLLUP_KEY_MAX}), n.result, count(*), "
+        f"d.domain_name FROM new n CROSS JOIN LATERAL (VALUES {values}) AS d (dimension, key, domain_name) "
+        "WHERE d.key <> '' OR d.dimension = 'all' GROUP BY 1, 2, 3, 4, 6 ORDER BY 2, 3, 1, 4 "
+        f"ON CONFLICT (dimension, key, {time_column}, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
+    )
+
+
+_STATEMENTS: dict = {}
+
+
+def _statements() -> tuple[str, str, str]:
+    """(CREATE of the batch table, its COPY, the one statement that inserts and rolls up)."""
+    if not _STATEMENTS:
+        from mailadmin.monitoring.models import HourlyRollup
+
+        fields = _columns()
+        names = [f.column for f in fields]
+        cols = ", ".join(connection.ops.quote_name(n) for n in names)
+        table = connection.ops.quote_name(AuthEvent._meta.db_table)
+        extra = ", ".join(f"''::text AS {n}" for n in _BATCH_EXTRA)
+        hourly_dims = [*ROLLUP_DIMENSIONS, *hourly.extra_dimensions(ROLLUP_DIMENSIONS)]
+        _STATEMENTS["create"] = (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {BATCH_TABLE} AS "  # noqa: S608 - model metadata only
+            f"SELECT {cols}, {extra} FROM {table} WITH NO DATA"
+        )
+        _STATEMENTS["copy"] = f"COPY pg_temp.{BATCH_TABLE} ({cols}, {', '.join(_BATCH_EXTRA)}) FROM STDIN"
+        # The batch table is emptied by the statement that reads it (DELETE … RETURNING), so a
+        # batch never sees another's rows, inside an outer transaction or not; only the events
+        # the INSERT returns (the new ones) reach the rollups.
+        _STATEMENTS["insert"] = (
+            f"WITH batch AS (DELETE FROM pg_temp.{BATCH_TABLE} RETURNING *), "  # noqa: S608
+            f"ins AS (INSERT INTO {table} ({cols}) SELECT {cols} FROM batch "
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id), "
+            "new AS (SELECT batch.* FROM batch JOIN ins USING (event_id)), "
+            f"minutely AS ({_rollup_insert_sql(Rollup, 'minute', 'minute', ROLLUP_DIMENSIONS)}), "
+            f"hourly AS ({_rollup_insert_sql(HourlyRollup, 'hour', 'hour', hourly_dims)}) "
+            "SELECT event_id FROM ins"
+        )
+    return _STATEMENTS["create"], _STATEMENTS["copy"], _STATEMENTS["insert"]
+
+
+def _insert_and_roll_up(rows: list[dict]) -> set[uuid.UUID]:
+    """PostgreSQL: COPY the batch into a temporary table, then one statement inserts the new
+    events and adds them to both rollups (counted by the server, not in Python)."""
+    create, copy_sql, insert = _statements()
+    names = [f.attname for f in _columns()]
+    defaults = [f.get_default() for f in _columns()]
+    connection.ensure_connection()
+    with connection.wrap_database_errors, connection.connection.cursor() as cursor:
+        cursor.execute(create)
+        with cursor.copy(copy_sql) as copy:
+            write = copy.write_row
+            for row in rows:
+                # validate() and _enrich() produce the stored values (UUID, aware datetimes, str,
+                # int, float, None) and classify_and_learn() sets "suspect": written as they are.
+                values = [row.get(n, d) for n, d in zip(names, defaults, strict=True)]
+                values += [row["client_ip"], row["asn_key"], listener_key(row["listener"], row["tls"])]
+                write(values)
+        cursor.execute(insert)
+        return {value for (value,) in cursor.fetchall()}
 
 
 def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: bool = True) -> IngestReport:
@@ -376,11 +446,8 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
     if fresh:
         with transaction.atomic():
             detectors.classify_and_learn(fresh)
-            new_ids = insert_new(fresh)
+            new_ids = insert_and_roll_up(fresh)
             new_rows = [r for r in fresh if r["event_id"] in new_ids]
-            minute_counts = rollup_counts(new_rows)
-            upsert_rollups(minute_counts)
-            hourly.upsert_hourly_rollups(new_rows, minute_counts)
             windows.note_late(new_rows, now)
     report.inserted = len(new_rows)
     report.duplicates += len(rows) - len(new_rows)

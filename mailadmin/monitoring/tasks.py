@@ -27,22 +27,94 @@ def preload_geoip(**kwargs):
 TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
+# A busy worker takes the ingest batches already waiting in the broker along with its own, up
+# to this many events, and ingests them as one batch: the per-batch work (baselines, detector
+# queries, statements, commits) is paid once for all of them. Nothing waits for more to come:
+# an idle queue gives a batch of one message, as before.
+COALESCE_MAX_EVENTS = 5000
+INGEST_TASK = "monitoring.ingest_auth_events"
+_broker = {}  # this process's broker connection for taking queued batches (made after the fork)
+
+
+def _queued_batches(queue: str, budget: int) -> list:
+    """[(message, events)] of ingest tasks waiting in `queue`, taken with a manual ack (Redis only).
+
+    The messages stay in the broker's unacked set until acked or requeued: a worker that dies
+    meanwhile loses nothing (they are restored, like any unacknowledged task). The first message
+    that is not an ingest batch is put back and ends the taking.
+    """
+    from celery import current_app
+    from kombu import Queue
+
+    taken = []
+    try:
+        conn = _broker.get("conn")
+        if conn is None:
+            conn = current_app.connection_for_read()
+            if conn.transport.driver_type != "redis":
+                conn.release()
+                _broker["conn"] = False
+                return taken
+            _broker["conn"] = conn
+        elif conn is False:
+            return taken
+        source = Queue(queue, no_declare=True)(conn.default_channel)
+        while budget > 0:
+            message = source.get(no_ack=False, accept=["json"])
+            if message is None:
+                break
+            if message.headers.get("task") != INGEST_TASK:
+                message.reject(requeue=True)
+                break
+            args = message.decode()[0]
+            events = args[0] if args and isinstance(args[0], list) else None
+            taken.append((message, events))
+            budget -= len(events) if events is not None else 1
+    except Exception:
+        log.warning("monitoring.ingest_auth_events: could not take queued batches", exc_info=True)
+        _broker.pop("conn", None)
+    return taken
+
+
 # Safe to repeat (idempotent insert), so acks_late: a worker killed mid-batch loses nothing.
 @shared_task(
-    name="monitoring.ingest_auth_events",
+    name=INGEST_TASK,
+    bind=True,
     acks_late=True,
     autoretry_for=TRANSIENT_DATABASE_ERRORS,
     retry_backoff=2,
     retry_backoff_max=10,
     max_retries=None,
 )
-def ingest_auth_events(events):
+def ingest_auth_events(self, events):
     from mailadmin.monitoring.ingest import ingest_events
 
     if not isinstance(events, list):
         log.warning("monitoring.ingest_auth_events: expected a list of events, got %s", type(events).__name__)
         return {"received": 0, "inserted": 0, "duplicates": 0, "invalid": 1, "alerts": 0}
-    return ingest_events(events).as_dict()
+    taken = []
+    if not self.request.is_eager and self.request.delivery_info:
+        queue = self.request.delivery_info.get("routing_key") or "ingest"
+        taken = _queued_batches(queue, COALESCE_MAX_EVENTS - len(events))
+    batch = list(events)
+    invalid = 0
+    for _message, more in taken:
+        if more is None:
+            invalid += 1
+            log.warning("monitoring.ingest_auth_events: a queued batch is not a list of events")
+        else:
+            batch += more
+    try:
+        report = ingest_events(batch).as_dict()
+    except BaseException:
+        for message, _events in taken:
+            message.reject(requeue=True)  # delivered again (a retry of this task brings back only its own)
+        raise
+    for message, _events in taken:
+        message.ack()
+    report["invalid"] += invalid
+    report["batches"] = 1 + len(taken)
+    return report
 
 
 # Safe to repeat too (item ids are stored with the counts, in one transaction), so acks_late.
