@@ -292,6 +292,8 @@ def rollup_counts(rows: list[dict]) -> Counter:
         counts[("prefix", row["prefix"], minute, result, "")] += 1
         if row["username"]:
             counts[("username", row["username"], minute, result, row["domain_name"])] += 1
+        if row["domain_name"]:
+            counts[("domain", row["domain_name"], minute, result, row["domain_name"])] += 1
         if row["country"]:
             counts[("country", row["country"], minute, result, "")] += 1
         if row["asn_key"]:

@@ -141,13 +141,14 @@ class Rollup(models.Model):
         COUNTRY = "country"
         ASN = "asn"
         MECHANISM = "mechanism"
+        DOMAIN = "domain"  # key = the username's domain (a domain admin's short-range timeline)
 
     minute = models.DateTimeField()
     dimension = models.CharField(max_length=10, choices=Dimension.choices)
     key = models.CharField(max_length=320, blank=True)
     result = models.CharField(max_length=20, choices=Result.choices)
     count = models.PositiveIntegerField(default=0)
-    # Domain of the username for dimension=username (for scoping charts); blank otherwise.
+    # Domain of the username for dimension=username and domain (for scoping charts); blank otherwise.
     domain_name = models.CharField(max_length=253, blank=True)
 
     objects = ScopedQuerySet.as_manager()
