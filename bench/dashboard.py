@@ -153,7 +153,7 @@ def percentiles(samples):
     return statistics.median(ordered) * 1000, p95 * 1000
 
 
-def measure(repeat: int):
+def measure(repeat: int, only: str = "", advance: bool = True):
     from django.core.cache import cache
     from django.test import Client
 
@@ -194,12 +194,14 @@ def measure(repeat: int):
     ]
     from mailadmin.monitoring import windows
 
+    cases = [case for case in cases if only in case[0]]
     for client in clients.values():  # warm the process (URLs, templates), not the data
         client.get("/monitoring/fragment/?range=1h")
     results = []
     for who, client in clients.items():
         for label, url in cases:
-            windows.advance()  # as the beat does every minute (a no-op within the hour)
+            if advance:
+                windows.advance()  # as the beat does every minute (a no-op within the hour)
             samples = []
             for _ in range(repeat):
                 cache.clear()
@@ -221,6 +223,8 @@ def main():
     parser.add_argument("--measure-only", action="store_true")
     parser.add_argument("--build-windows", action="store_true", help="with --measure-only: rebuild the windows first")
     parser.add_argument("--generate-only", action="store_true", help="generate and build, measure later")
+    parser.add_argument("--only", default="", help="measure only the cases whose label contains this")
+    parser.add_argument("--no-advance", action="store_true", help="do not advance the windows before each case")
     args = parser.parse_args()
     setup_django()
     if not args.measure_only:
@@ -242,7 +246,7 @@ def main():
         window_rows = ", ".join(f"{preset} {n:,}" for preset, n in cur.fetchall())
     print(f"{events:,} events, {rollups:,} rollup rows, {hourly:,} hourly rollup rows", flush=True)
     print(f"window total rows: {window_rows or 'none'}", flush=True)
-    measure(args.repeat)
+    measure(args.repeat, args.only, not args.no_advance)
 
 
 if __name__ == "__main__":
