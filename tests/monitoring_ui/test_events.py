@@ -132,6 +132,11 @@ def test_a_domain_admins_filtered_pages_are_their_matching_events_newest_first(c
     assert seen == expected
 
 
+def test_an_exact_username_search_finds_that_users_events_only_in_scope(client_a, attack):
+    assert {e.username for e in rows(client_a.get(URL, {"username": "USER1@A.example"}))} == {"user1@a.example"}
+    assert rows(client_a.get(URL, {"username": "bob@b.example"})) == []
+
+
 def test_bad_cursor_and_huge_page_numbers_are_a_message(super_client, attack):
     response = super_client.get(URL, {"after": "garbage", "page": "999999999999"})
     assert response.status_code == 200
