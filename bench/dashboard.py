@@ -53,17 +53,30 @@ def generate(n: int):
     from django.db import connection, transaction
 
     table = "monitoring_authevent"
+    tables = (table, "monitoring_rollup", "monitoring_hourlyrollup")
     # DDL is transactional in PostgreSQL: a failed load leaves the indexes in place.
     with transaction.atomic(), connection.cursor() as cur:
-        cur.execute(f"TRUNCATE {table}, monitoring_rollup, monitoring_hourlyrollup RESTART IDENTITY")
-        cur.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname NOT LIKE %s",
-            [table, "%pkey"],
-        )
-        indexes = cur.fetchall()
-        for name, _ in indexes:
-            cur.execute(f'ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "{name}"')
-            cur.execute(f'DROP INDEX IF EXISTS "{name}"')
+        cur.execute("SET LOCAL maintenance_work_mem = '1GB'; SET LOCAL work_mem = '256MB'")
+        cur.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+        # Load without indexes (constraints re-added after), rows inserted in the order ingest
+        # or CLUSTER would leave them: events by time, rollups by (dimension, time).
+        rebuild = []
+        for name in tables:
+            cur.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
+                "AND contype = 'u'",
+                [name],
+            )
+            for con, definition in cur.fetchall():
+                cur.execute(f'ALTER TABLE {name} DROP CONSTRAINT "{con}"')
+                rebuild.append((con, f'ALTER TABLE {name} ADD CONSTRAINT "{con}" {definition}'))
+            cur.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname NOT LIKE %s",
+                [name, "%pkey"],
+            )
+            for index, definition in cur.fetchall():
+                cur.execute(f'DROP INDEX "{index}"')
+                rebuild.append((index, definition))
         countries = (
             "ARRAY['US','DE','FR','GB','NL','CN','RU','BR','IN','VN','ID','IT','ES','PL','SE','JP','KR','TR','UA','ZA']"
         )
@@ -89,20 +102,20 @@ def generate(n: int):
                    floor(power(random(), 3) * {IPS})::int AS ip_n, floor(power(random(), 2) * {USERS})::int AS user_n
             FROM generate_series(1, %s) g
         ) s, LATERAL (SELECT '100.64.0.0'::inet + ip_n AS ip) i
+        ORDER BY ts
         """
-        timed(f"insert {n:,} events", lambda: cur.execute(sql, [n]))
-        for name, definition in indexes:
-            timed(f"index {name}", lambda d=definition: cur.execute(d))
+        timed(f"insert {n:,} events (time order)", lambda: cur.execute(sql, [n]))
         rollup = """
         INSERT INTO monitoring_rollup (minute, dimension, key, result, count, domain_name)
         SELECT date_trunc('minute', ts), %s, {key}, result, count(*), {domain}
-        FROM monitoring_authevent {where} GROUP BY 1, 3, 4, 6
+        FROM monitoring_authevent {where} GROUP BY 1, 3, 4, 6 ORDER BY 1
         """
-        dims = [
+        dims = [  # what ingest's rollup_counts keeps
             ("all", "''", "''", ""),
             ("ip", "host(client_ip)", "''", ""),
             ("prefix", "prefix", "''", ""),
             ("username", "username", "domain_name", "WHERE username <> ''"),
+            ("domain", "domain_name", "domain_name", "WHERE domain_name <> ''"),
             ("country", "country", "''", "WHERE country <> ''"),
             ("asn", "'AS' || asn", "''", "WHERE asn IS NOT NULL"),
             ("mechanism", "mechanism", "''", "WHERE mechanism <> ''"),
@@ -114,19 +127,9 @@ def generate(n: int):
         from mailadmin.monitoring.hourly import rebuild_sql
 
         timed("rollup hourly (all dimensions + listener)", lambda: cur.execute(rebuild_sql()))
-        # Ingest appends in time order; random generation does not. Restore that locality.
-        timed("cluster events by ts", lambda: cur.execute("CLUSTER monitoring_authevent USING mon_event_ts"))
-        timed("cluster rollups", lambda: cur.execute("CLUSTER monitoring_rollup USING mon_rollup_dim_minute"))
-        timed(
-            "cluster hourly rollups",
-            lambda: cur.execute("CLUSTER monitoring_hourlyrollup USING mon_hourly_rollup_dim_hour"),
-        )
-        timed(
-            "analyze",
-            lambda: cur.execute(
-                "ANALYZE monitoring_authevent; ANALYZE monitoring_rollup; ANALYZE monitoring_hourlyrollup"
-            ),
-        )
+        for name, definition in rebuild:
+            timed(f"index {name}", lambda d=definition: cur.execute(d))
+        timed("analyze", lambda: cur.execute("; ".join(f"ANALYZE {name}" for name in tables)))
     build_windows()
 
 
@@ -138,6 +141,7 @@ def build_windows():
 
     with connection.cursor() as cur:
         cur.execute("TRUNCATE monitoring_windowtotal, monitoring_windowstate")
+        cur.execute("SET work_mem = '256MB'")
     timed("window totals (24 h, 7 d, 30 d)", windows.advance)
     with connection.cursor() as cur:
         cur.execute("ANALYZE monitoring_windowtotal")
@@ -149,7 +153,7 @@ def percentiles(samples):
     return statistics.median(ordered) * 1000, p95 * 1000
 
 
-def measure(repeat: int):
+def measure(repeat: int, only: str = "", advance: bool = True):
     from django.core.cache import cache
     from django.test import Client
 
@@ -190,12 +194,14 @@ def measure(repeat: int):
     ]
     from mailadmin.monitoring import windows
 
+    cases = [case for case in cases if only in case[0]]
     for client in clients.values():  # warm the process (URLs, templates), not the data
         client.get("/monitoring/fragment/?range=1h")
     results = []
     for who, client in clients.items():
         for label, url in cases:
-            windows.advance()  # as the beat does every minute (a no-op within the hour)
+            if advance:
+                windows.advance()  # as the beat does every minute (a no-op within the hour)
             samples = []
             for _ in range(repeat):
                 cache.clear()
@@ -216,12 +222,17 @@ def main():
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--measure-only", action="store_true")
     parser.add_argument("--build-windows", action="store_true", help="with --measure-only: rebuild the windows first")
+    parser.add_argument("--generate-only", action="store_true", help="generate and build, measure later")
+    parser.add_argument("--only", default="", help="measure only the cases whose label contains this")
+    parser.add_argument("--no-advance", action="store_true", help="do not advance the windows before each case")
     args = parser.parse_args()
     setup_django()
     if not args.measure_only:
         generate(args.events)
     elif args.build_windows:
         build_windows()
+    if args.generate_only:
+        return
     from django.db import connection
 
     with connection.cursor() as cur:
@@ -235,7 +246,7 @@ def main():
         window_rows = ", ".join(f"{preset} {n:,}" for preset, n in cur.fetchall())
     print(f"{events:,} events, {rollups:,} rollup rows, {hourly:,} hourly rollup rows", flush=True)
     print(f"window total rows: {window_rows or 'none'}", flush=True)
-    measure(args.repeat)
+    measure(args.repeat, args.only, not args.no_advance)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 Called by ingest with the rows it just inserted (only new events, so a
 redelivered batch adds nothing), inside the same transaction as the minute
 rollups: the hourly counts are always the sums of the minute counts (plus the
-"listener" and "domain" dimensions, which have no minute counterpart: "domain" keys by
-the username's domain, what a domain admin's long-range timeline reads).
+"listener" dimension, which has no minute counterpart). Both tables have the "domain"
+dimension (key = the username's domain), what a domain admin's timelines read.
 """
 
 from __future__ import annotations
@@ -76,7 +76,5 @@ def rebuild_sql() -> str:
     UNION ALL
     SELECT date_trunc('hour', ts), 'listener', coalesce(listener::text, '') || '|' || tls, result, count(*), ''
     FROM monitoring_authevent GROUP BY 1, 3, 4
-    UNION ALL
-    SELECT date_trunc('hour', ts), 'domain', domain_name, result, count(*), domain_name
-    FROM monitoring_authevent WHERE domain_name <> '' GROUP BY 1, 3, 4
+    ORDER BY 2, 1
     """

@@ -271,6 +271,7 @@ ROLLUP_DIMENSIONS = (
     ("ip", "client_ip", False),
     ("prefix", "prefix", False),
     ("username", "username", True),
+    ("domain", "domain_name", True),  # a domain admin's timelines
     ("country", "country", False),
     ("asn", "asn_key", False),
     ("mechanism", "mechanism", False),

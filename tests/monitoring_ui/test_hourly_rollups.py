@@ -49,7 +49,7 @@ def minute_rollups_by_hour() -> Counter:
 
 def hourly_rollups(*, listener: bool) -> Counter:
     rows = HourlyRollup.objects.all()
-    rows = rows.filter(dimension="listener") if listener else rows.exclude(dimension__in=["listener", "domain"])
+    rows = rows.filter(dimension="listener") if listener else rows.exclude(dimension="listener")
     return Counter({(r.dimension, r.key, r.hour, r.result): r.count for r in rows})
 
 
@@ -75,6 +75,36 @@ def test_hourly_and_minute_rollups_agree_after_ingest_and_redelivery(now):
     assert sum(all_hourly) == len(events)  # the redeliveries were not counted
     username_rows = HourlyRollup.objects.filter(dimension="username")
     assert all(r.domain_name == r.key.split("@")[1] for r in username_rows)
+
+
+@pytest.mark.embedded
+@pytest.mark.django_db
+def test_domain_rollups_count_each_domains_events_per_minute(now):
+    ingest(*spread_events(now, n=150))
+    ingest(*spread_events(now, n=150)[:60])  # redelivery adds nothing
+    expected = Counter()
+    for e in AuthEvent.objects.exclude(domain_name=""):
+        expected[(e.domain_name, e.ts.replace(second=0, microsecond=0), e.result)] += 1
+    rows = Rollup.objects.filter(dimension="domain")
+    assert Counter({(r.key, r.minute, r.result): r.count for r in rows}) == expected
+    assert all(r.domain_name == r.key for r in rows)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("preset", ["1h", "24h", "7d", "custom"])
+def test_a_domain_admins_timeline_from_domain_rollups_is_exactly_their_events(admin_a, now, preset):
+    ingest(*spread_events(now))
+    if preset == "custom":
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        tr = charts.custom_range((hour - dt.timedelta(hours=20, minutes=50)).isoformat(), hour.isoformat())
+    else:
+        tr = charts.preset_range(preset, now)
+    buckets = {b: [0, 0] for b in tr.buckets()}
+    for e in AuthEvent.objects.filter(ts__gte=tr.start, ts__lt=tr.end, domain_name="a.example"):
+        buckets[charts.floor_to(e.ts, tr.bucket)][0 if e.result != "success" else 1] += 1
+    series = charts.timeline(admin_a, tr).series
+    assert series == {"failed": [v[0] for v in buckets.values()], "success": [v[1] for v in buckets.values()]}
+    assert sum(series["failed"]) + sum(series["success"]) > 0
 
 
 def expected_from_events(tr):

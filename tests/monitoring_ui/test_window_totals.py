@@ -178,3 +178,18 @@ def test_advancing_windows_hour_by_hour_equals_a_rebuild(superadmin, admin_a, no
         state = WindowState.objects.get(preset=preset)
         windows.rebuild(preset, state.first, state.cut)
     assert totals() == stepped
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("minute", [1, 5, 20, 35, 50])
+def test_windows_are_exact_at_every_quarter_and_right_after_the_hour(superadmin, admin_a, now, minute):
+    """The window starts at the hour nearest the 24 h range's start (spans add or take out up
+    to 30 minutes) and folds an hour FOLD_DELAY after it ended: exact at any minute."""
+    at = now.replace(minute=minute, second=30)
+    ingest(*month_of_events(at, n=250, seed=minute))
+    windows.advance(at)
+    first, cut = windows.bounds("24h", at)
+    start = charts.preset_range("24h", at).start
+    assert abs(first - start) <= dt.timedelta(minutes=30)
+    assert cut == charts.floor_to(at - windows.FOLD_DELAY, windows.HOUR)
+    assert_exact(superadmin, admin_a, at)

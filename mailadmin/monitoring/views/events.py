@@ -16,7 +16,7 @@ from django.utils.http import urlencode
 
 from mailadmin.monitoring import charts
 from mailadmin.monitoring.blocks import prefix_of
-from mailadmin.monitoring.models import AuthEvent, Result
+from mailadmin.monitoring.models import AuthEvent, Result, domain_of
 from mailadmin.monitoring.views.common import stream_csv
 
 PAGE_SIZE = 50
@@ -125,7 +125,9 @@ def filter_events(queryset, data):
     if username.endswith("*"):
         queryset = queryset.filter(username__startswith=username[:-1])
     elif username:
-        queryset = queryset.filter(username=username)
+        # Ingest sets domain_name from the username: saying so lets a domain admin's search for
+        # another domain's user end in the index at once instead of walking their own domain.
+        queryset = queryset.filter(username=username, domain_name=domain_of(username))
     ip = data.get("ip")
     if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
         queryset = queryset.filter(client_ip=str(ip))
@@ -176,6 +178,20 @@ def after_cursor(queryset, ts, pk):
     return queryset.filter(ts__lte=ts).filter(Q(ts__lt=ts) | Q(pk__lt=pk))
 
 
+def page_of(user, queryset, size: int):
+    """The first `size` rows of an ordered search.
+
+    A domain admin's: the ids first, from the covering (domain_name, ts, id) index alone,
+    then those rows. A rare combination of filters walks many index entries of the domain,
+    but not the heap pages of its rows (one page per row, scattered among the other
+    domains' rows) — the filters are checked in the index.
+    """
+    if charts.sees_everything(user) or connection.vendor != "postgresql":
+        return queryset[:size]
+    ids = queryset.values("pk")[:size]
+    return AuthEvent.objects.filter(pk__in=ids).order_by("-ts", "-id")
+
+
 def search(user, params):
     """(form, queryset or None, error message) for the request's filters."""
     form = EventFilterForm(params or None)
@@ -206,7 +222,7 @@ def event_search(request):
                 queryset = after_cursor(queryset, *decode_cursor(cursor))
             except ValueError:
                 error = "That page link is not valid any more; showing the first page."
-        events = list(queryset[: PAGE_SIZE + 1])
+        events = list(page_of(request.user, queryset, PAGE_SIZE + 1))
         if len(events) > PAGE_SIZE:
             events = events[:PAGE_SIZE]
             next_cursor = encode_cursor(events[-1])
