@@ -182,14 +182,15 @@ def stop(proc: subprocess.Popen | None, timeout: float = 30) -> None:
 
 
 class Smtpd:
-    def __init__(self, env: dict, log_path: Path):
-        self.env, self.log_path = env, log_path
+    def __init__(self, env: dict, log_path: Path, workers: int = 2, command: list[str] | None = None):
+        self.env, self.log_path, self.workers = env, log_path, workers
+        self.command = command or [sys.executable, "-m", "smtpd"]  # bench/smtp_memory.py wraps it
         self.proc = None
         self.port = None
 
     def start(self, node: str) -> Smtpd:
         env = dict(self.env, SMTPD_NODE_NAME=node)
-        cmd = [sys.executable, "-m", "smtpd", "--workers", "2", "--listen", f"{HOST}:0", "--tls-listen", "-"]
+        cmd = [*self.command, "--workers", str(self.workers), "--listen", f"{HOST}:0", "--tls-listen", "-"]
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
         line = wait_ready(self.proc, "smtpd ready")
