@@ -299,6 +299,11 @@ def release_memory() -> bool:
     return True
 
 
+def burst_ended(since_release: int, last_interval: int) -> bool:
+    """Enough sessions since the last release, and few in the last interval."""
+    return since_release >= RELEASE_AFTER_SESSIONS and last_interval <= RELEASE_QUIET_SESSIONS
+
+
 async def release_memory_after_bursts(accepted, interval: float = RELEASE_CHECK_INTERVAL) -> None:
     """Call release_memory() once a burst of sessions has ended. `accepted()` counts the
     sessions accepted so far; under steady load nothing is done (the memory is reused)."""
@@ -306,7 +311,7 @@ async def release_memory_after_bursts(accepted, interval: float = RELEASE_CHECK_
     while True:
         await asyncio.sleep(interval)
         now = accepted()
-        if now - released_at >= RELEASE_AFTER_SESSIONS and now - last <= RELEASE_QUIET_SESSIONS:
+        if burst_ended(now - released_at, now - last):
             started = time.monotonic()
             release_memory()
             log.debug(
@@ -335,7 +340,8 @@ def _preload() -> None:
     # What the first AUTH, cache access and event batch would import in each worker
     # (94 modules, 5+ MiB of code objects per worker, measured with bench/smtp_memory.py
     # --tracemalloc): the hashers, the cache backend, Celery's sending side and the
-    # broker's kombu transport (with redis-py). Imported, nothing instantiated or connected.
+    # broker's kombu transport (with redis-py). Modules only (and the hashers list the
+    # first verification builds): nothing connects.
     from celery.utils.imports import symbol_by_name
     from django.contrib.auth.hashers import get_hashers
     from kombu.transport import resolve_transport
@@ -350,9 +356,11 @@ def _preload() -> None:
     get_hashers()
     for cache in settings.CACHES.values():
         symbol_by_name(cache["BACKEND"])
-    symbol_by_name(resolve_transport(app.conf.broker_url.partition("://")[0]))
+    with contextlib.suppress(ImportError, KeyError, ValueError):  # only an optimisation
+        symbol_by_name(resolve_transport(app.conf.broker_url.partition("://")[0]))
     for module in SENDING_MODULES:
-        importlib.import_module(module)
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
 
 
 # Modules app.send_task() imports on its first call (and the IDNA codec, for domains).
