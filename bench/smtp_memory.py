@@ -45,8 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_auth import (  # noqa: E402  (the bench directory is not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.smtp_auth import (  # noqa: E402
     HOST,
     ROOT,
     Smtpd,
