@@ -13,7 +13,9 @@ import ctypes
 import dataclasses
 import datetime
 import fcntl
+import functools
 import gc
+import importlib
 import ipaddress
 import logging
 import os
@@ -21,6 +23,8 @@ import select
 import signal
 import socket
 import ssl
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -139,6 +143,12 @@ async def run_worker(config: Config, ready=print) -> None:
     relay = relay_from_settings(config.relay_url, config.maildir)
     ctx = ServerContext(config, loop, context, publisher, relay)
     servers, bound = [], {"starttls": [], "tls": []}
+    accepted = [0]
+
+    def new_session(listener: Listener) -> SubmissionSMTP:
+        accepted[0] += 1
+        return SubmissionSMTP(ctx, listener)
+
     for kind, addresses in (("starttls", config.listen), ("tls", config.tls_listen)):
         for address in addresses:
             host, port = split_address(address)
@@ -150,7 +160,7 @@ async def run_worker(config: Config, ready=print) -> None:
                 continue
             listener = Listener(kind, host, sock.getsockname()[1])
             server = await loop.create_server(
-                lambda listener=listener: SubmissionSMTP(ctx, listener),
+                functools.partial(new_session, listener),
                 sock=sock,
                 **({"ssl": context, "ssl_handshake_timeout": 30} if kind == "tls" else {}),
             )
@@ -173,7 +183,9 @@ async def run_worker(config: Config, ready=print) -> None:
         f"tls={','.join(bound['tls'])} metrics={format_address(*metrics) if metrics else '-'} "
         f"relay={relay.describe()} pid={os.getpid()}"
     )
+    housekeeping = loop.create_task(release_memory_after_bursts(lambda: accepted[0]))
     await stop.wait()
+    housekeeping.cancel()
     log.info("smtpd worker %d stopping: %d open sessions", config.worker_index, len(ctx.sessions))
     await drain(ctx, servers, config.drain_timeout)
     publisher.stop()
@@ -194,13 +206,59 @@ async def drain(ctx: ServerContext, servers, timeout: float) -> None:
     await asyncio.sleep(0.05)
 
 
-# asyncio gives every TLS connection a zero-filled 256 KiB read buffer (sslproto
-# SSLProtocol.max_size), resident for the life of the connection: 1,000 idle TLS
-# sessions cost 250 MiB. A TLS record is at most 16 KiB, so 32 KiB loses nothing.
+# asyncio gives every TLS connection a zero-filled read buffer of its own (sslproto
+# SSLProtocol.max_size, 256 KiB by default), resident for the life of the connection.
+# It is only a landing zone: the selector loop recv()s into it and buffer_updated()
+# copies the bytes into the connection's incoming MemoryBIO on its first line, in the
+# same synchronous call. So every TLS protocol of one thread can share one buffer
+# (SharedBufferSSLProtocol); max_size still sets how much is read at once (one TLS
+# record is at most 16 KiB).
 TLS_READ_BUFFER = 16 * 1024
+# Python versions whose sslproto was checked to use _ssl_buffer only as above.
+SHARED_TLS_BUFFER_PYTHONS = ((3, 11), (3, 12), (3, 13))
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameters
 M_ARENA_MAX = -8
 MALLOC_ARENAS = 2
+
+
+def _shared_buffer_protocol():
+    from asyncio import selector_events, sslproto
+
+    class SharedBufferSSLProtocol(sslproto.SSLProtocol):
+        """asyncio's TLS protocol with one read buffer per thread instead of one per
+        connection: 16 KiB less per idle TLS session (bench/README.md)."""
+
+        _local = threading.local()
+
+        def __init__(self, loop, *args, **kwargs):
+            super().__init__(loop, *args, **kwargs)
+            # Only the selector loop fills and drains the buffer in one call; the
+            # proactor loop (Windows) keeps it across an overlapped recv.
+            if isinstance(loop, selector_events.BaseSelectorEventLoop) and hasattr(self, "_ssl_buffer_view"):
+                view = getattr(self._local, "view", None)
+                if view is None or len(view) < self.max_size:
+                    view = self._local.view = memoryview(bytearray(self.max_size))
+                self._ssl_buffer, self._ssl_buffer_view = view.obj, view
+
+    return SharedBufferSSLProtocol
+
+
+def share_tls_read_buffers() -> bool:
+    """Install SharedBufferSSLProtocol where asyncio and aiosmtpd look SSLProtocol up
+    (the sslproto module, at each new connection). False when this Python's sslproto
+    was not checked, or does not have the expected shape: connections then keep
+    buffers of their own, which is only bigger."""
+    from asyncio import sslproto
+
+    current = sslproto.SSLProtocol
+    if getattr(current, "_local", None) is not None:  # already installed
+        return True
+    if sys.version_info[:2] not in SHARED_TLS_BUFFER_PYTHONS:
+        return False
+    if not all(hasattr(current, name) for name in ("get_buffer", "buffer_updated", "max_size")):
+        return False
+    sslproto.SSLProtocol = _shared_buffer_protocol()
+    return True
 
 
 def limit_memory_growth() -> None:
@@ -208,6 +266,7 @@ def limit_memory_growth() -> None:
     from asyncio import sslproto
 
     sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+    share_tls_read_buffers()
     # glibc raises its mmap threshold after the first large buffer is freed, so later
     # Argon2 buffers (19 MiB each) come from the verify threads' arenas and stay
     # resident (+150 MiB per worker). A fixed threshold keeps them mmapped: freed
@@ -218,6 +277,48 @@ def limit_memory_growth() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
         libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
+# After a burst of sessions ends, their memory stays with the worker: a closed
+# session's objects are reference cycles (protocol, task, transport), and a quiet
+# worker allocates too little to trigger the collector; what the collector frees
+# goes back to glibc's heap, which keeps it unless trimmed. Measured after 1,000
+# TLS sessions closed: gc.collect() 8 MiB, then malloc_trim(0) 35 MiB more.
+RELEASE_CHECK_INTERVAL = 10.0  # seconds
+RELEASE_AFTER_SESSIONS = 64  # accepted since the last release
+RELEASE_QUIET_SESSIONS = 8  # at most this many accepted in the last interval: the burst is over
+
+
+def release_memory() -> bool:
+    """Collect garbage cycles and give glibc's free heap pages back; False without glibc."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def burst_ended(since_release: int, last_interval: int) -> bool:
+    """Enough sessions since the last release, and few in the last interval."""
+    return since_release >= RELEASE_AFTER_SESSIONS and last_interval <= RELEASE_QUIET_SESSIONS
+
+
+async def release_memory_after_bursts(accepted, interval: float = RELEASE_CHECK_INTERVAL) -> None:
+    """Call release_memory() once a burst of sessions has ended. `accepted()` counts the
+    sessions accepted so far; under steady load nothing is done (the memory is reused)."""
+    released_at = last = accepted()
+    while True:
+        await asyncio.sleep(interval)
+        now = accepted()
+        if burst_ended(now - released_at, now - last):
+            started = time.monotonic()
+            release_memory()
+            log.debug(
+                "released memory after %d sessions in %.1f ms", now - released_at, (time.monotonic() - started) * 1000
+            )
+            released_at = now
+        last = now
 
 
 def serve(config: Config, ready=None) -> None:
@@ -236,11 +337,44 @@ def _preload() -> None:
     import argon2  # noqa: F401
     import prometheus_client  # noqa: F401
 
+    # What the first AUTH, cache access and event batch would import in each worker
+    # (94 modules, 5+ MiB of code objects per worker, measured with bench/smtp_memory.py
+    # --tracemalloc): the hashers, the cache backend, Celery's sending side and the
+    # broker's kombu transport (with redis-py). Modules only (and the hashers list the
+    # first verification builds): nothing connects.
+    from celery.utils.imports import symbol_by_name
+    from django.contrib.auth.hashers import get_hashers
+    from kombu.transport import resolve_transport
+
     import mailadmin.accounts.verify  # noqa: F401
     import mailadmin.monitoring.blocks  # noqa: F401
     import mailadmin.monitoring.models  # noqa: F401
     import smtpd.backend  # noqa: F401
     import smtpd.limits  # noqa: F401
+    from mailadmin.celery import app
+
+    get_hashers()
+    for cache in settings.CACHES.values():
+        symbol_by_name(cache["BACKEND"])
+    with contextlib.suppress(ImportError, KeyError, ValueError):  # only an optimisation
+        symbol_by_name(resolve_transport(app.conf.broker_url.partition("://")[0]))
+    for module in SENDING_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+
+
+# Modules app.send_task() imports on its first call (and the IDNA codec, for domains).
+SENDING_MODULES = (
+    "celery.app.amqp",
+    "celery.app.events",
+    "celery.app.task",
+    "celery.backends.base",
+    "celery.canvas",
+    "celery.events.dispatcher",
+    "celery.result",
+    "encodings.idna",
+    "kombu.message",
+)
 
 
 def _run_child(config: Config, index: int, resolved: dict, reserved: list, ready_fd: int) -> None:
