@@ -5,6 +5,7 @@ runs its TLS sessions through the shared buffer too (the server subprocess insta
 import asyncio
 import ssl
 from asyncio import sslproto
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -22,6 +23,13 @@ def original_protocol():
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     return server.development_certificate(tmp_path_factory.mktemp("tls"), "localhost")
+
+
+def run_on_own_loop(coroutine):
+    """asyncio.run on a thread of its own: earlier tests in the same pytest
+    process (Playwright's sync API) may leave a loop running on the main thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def contexts(certificate):
@@ -71,7 +79,7 @@ def test_tls_connections_share_one_read_buffer_and_data_stays_intact(original_pr
         assert sslproto.SSLProtocol is not original_protocol
         assert server.share_tls_read_buffers()  # idempotent
         payloads = [bytes([i]) * 200_000 + b"end" for i in (1, 2)]
-        echoed, protocols = asyncio.run(echo_round_trips(*contexts(certificate), payloads))
+        echoed, protocols = run_on_own_loop(echo_round_trips(*contexts(certificate), payloads))
     finally:
         original_protocol.max_size = saved
     assert echoed == payloads
@@ -82,7 +90,7 @@ def test_tls_connections_share_one_read_buffer_and_data_stays_intact(original_pr
 
 def test_without_the_shared_buffer_each_connection_has_its_own(original_protocol, certificate):
     payloads = [b"x" * 40_000, b"y" * 40_000]
-    echoed, protocols = asyncio.run(echo_round_trips(*contexts(certificate), payloads))
+    echoed, protocols = run_on_own_loop(echo_round_trips(*contexts(certificate), payloads))
     assert echoed == payloads
     assert protocols[0]._ssl_buffer is not protocols[1]._ssl_buffer
 
@@ -112,7 +120,7 @@ def test_memory_is_released_once_after_a_burst(monkeypatch):
         await asyncio.sleep(0.1)
         task.cancel()
 
-    asyncio.run(scenario())
+    run_on_own_loop(scenario())
     assert calls == [True]
 
 
