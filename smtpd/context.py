@@ -96,6 +96,11 @@ class Listener:
         return self.kind == "tls"
 
 
+def _log_failure(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("background job failed: %s", type(future.exception()).__name__)
+
+
 class ServerContext:
     CRAM_CHECK_INTERVAL = 1.0  # seconds between "is CRAM-MD5 enabled anywhere?" queries
 
@@ -130,6 +135,11 @@ class ServerContext:
 
     async def run_fast(self, fn, *args):
         return await self.loop.run_in_executor(self.fast_executor, partial(fn, *args))
+
+    def submit_fast(self, fn, *args) -> None:
+        """Run fn on the fast pool without waiting for it (bookkeeping writes that never raise)."""
+        future = self.fast_executor.submit(fn, *args)
+        future.add_done_callback(_log_failure)
 
     def shutdown(self) -> None:
         self.fast_executor.shutdown(wait=True, cancel_futures=True)

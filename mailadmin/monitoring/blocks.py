@@ -121,6 +121,10 @@ class _Snapshot:
     def _read_version(self):
         return cache.get(VERSION_KEY)
 
+    def fresh(self) -> bool:
+        """Polled within POLL_SECONDS (what ensure_fresh would do nothing about)."""
+        return bool(self._loaded_at) and time.monotonic() - self._polled_at < POLL_SECONDS
+
     def ensure_fresh(self):
         now = time.monotonic()
         if now - self._polled_at < POLL_SECONDS:
@@ -199,6 +203,22 @@ def check_source(client_ip: str, username: str | None) -> Decision:
     except ValueError:
         return ALLOW
     _snapshot.ensure_fresh()
+    return _decide(addr, username)
+
+
+def check_source_if_fresh(client_ip: str, username: str | None) -> Decision | None:
+    """check_source without any I/O (for an event loop): None when the snapshot is due
+    for its poll (older than POLL_SECONDS, or never loaded); then call check_source."""
+    if not _snapshot.fresh():
+        return None
+    try:
+        addr = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return ALLOW
+    return _decide(addr, username)
+
+
+def _decide(addr, username: str | None) -> Decision:
     snap = _snapshot
     note = snap.allowlist_note(addr)
     if note is not None:
