@@ -133,6 +133,13 @@ def _cached_password(client_ip: str, username: str, secret: str, mechanism: str)
 
 
 @_job
+def refresh_blocks() -> None:
+    from mailadmin.monitoring.blocks import refresh
+
+    refresh()
+
+
+@_job
 def write_login(mailbox_id: int, client_ip: str, mechanism: str, app_password_id: int | None) -> None:
     from mailadmin.accounts.verify import write_login
 

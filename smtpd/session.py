@@ -466,6 +466,7 @@ class SubmissionSMTP(SMTP):
         if answered is not None:
             # Blocked, or a success the notified cache holds: answered on the loop, no thread hop.
             outcome, login = answered
+            self.ctx.refresh_blocks_soon()
             VERIFY_LATENCY.labels(mechanism).observe(time.monotonic() - started)
             LOOP_ANSWERS.labels(outcome.reason).inc()
             if login is not None:
