@@ -514,7 +514,7 @@ def _remember_success(since: int, asked: str, secret: str, mailbox: Mailbox, app
         stored_hash=stored,
         state=mailbox.state,
         expires_at=app.expires_at if app else password_expires_at(mailbox),
-        networks=verify_cache.parse_networks(app.allowed_networks) if app else (),
+        networks=credentials.network_objects(app.allowed_networks) if app else None,
         stored_at=time.monotonic(),
     )
     verify_cache.cache.put(since, asked, secret, entry)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import threading
@@ -43,6 +42,8 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import connections
+
+from mailadmin.accounts import credentials
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +74,13 @@ class Entry:
     stored_hash: str
     state: str
     expires_at: datetime | None  # password expiry (policy max age) or the app password's expiry
-    networks: tuple  # the app password's allowed networks (ip_network objects); () = anywhere
+    networks: tuple | None  # credentials.network_objects of the app password's networks; None: anywhere
     stored_at: float  # monotonic
 
     def usable(self, now: datetime, client_ip: str | None) -> bool:
         if self.state != "active" or (self.expires_at is not None and self.expires_at <= now):
             return False
-        if not self.networks:
-            return True
-        if not client_ip:
-            return False
-        try:
-            ip = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
-
-
-def parse_networks(values) -> tuple:
-    networks = []
-    for value in values or ():
-        try:
-            networks.append(ipaddress.ip_network(value, strict=False))
-        except (ValueError, TypeError):
-            continue
-    return tuple(networks)
+        return credentials.networks_allow(self.networks, client_ip)
 
 
 class VerifyCache:
@@ -206,7 +189,10 @@ cache = VerifyCache()
 
 
 def listen_enabled() -> bool:
-    return bool(settings.VERIFY_CACHE_LISTEN) and connections["default"].vendor == "postgresql"
+    # (The engine from settings: touching connections["default"] here would give the
+    # calling thread, the smtpd's event loop, a connection object of its own.)
+    engine = settings.DATABASES["default"]["ENGINE"]
+    return bool(settings.VERIFY_CACHE_LISTEN) and engine.startswith("django.db.backends.postgresql")
 
 
 class Listener(threading.Thread):

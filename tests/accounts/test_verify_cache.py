@@ -3,19 +3,19 @@
 PostgreSQL (changes committed by another connection, the listener's connection killed).
 SQLite: no listener, the verifier reads the database as before."""
 
-import threading
 import time
 from datetime import timedelta
 
 import psycopg
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from django.utils import timezone
 
 from mailadmin.accounts import credentials, verify, verify_cache
 from mailadmin.accounts.mailboxes import suspend
 from mailadmin.accounts.models import AppPassword, Domain, Mailbox, PasswordPolicy
 from mailadmin.accounts.verify import Reason, verify_password
+from tests.smtpd.conftest import committed_call
 
 from .conftest import GOOD_PASSWORD
 
@@ -26,26 +26,6 @@ ALICE = "alice@a.example"
 def postgres_only():
     if connection.vendor != "postgresql":
         pytest.skip("LISTEN/NOTIFY needs PostgreSQL")
-
-
-def in_thread(fn, *args):
-    """Committed by another connection (as the web would), like a real change."""
-    result, error = [], []
-
-    def run():
-        try:
-            result.append(fn(*args))
-        except BaseException as exc:
-            error.append(exc)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0] if result else None
 
 
 def wait_for(predicate, timeout=1.0):
@@ -121,7 +101,7 @@ def entry(mailbox_id=1, **kwargs):
         stored_hash="h",
         state="active",
         expires_at=None,
-        networks=(),
+        networks=None,
         stored_at=time.monotonic(),
     )
     values.update(kwargs)
@@ -169,7 +149,7 @@ def test_unknown_payloads_and_lost_trust_clear_everything(cache):
 @pytest.mark.embedded
 def test_clock_address_and_staleness_are_checked_at_each_hit(cache, monkeypatch):
     now = timezone.now()
-    networks = verify_cache.parse_networks(["192.0.2.0/24", "not a network"])
+    networks = credentials.network_objects(["192.0.2.0/24", "not a network"])
     cache.put(cache.begin(), ALICE, GOOD_PASSWORD, entry(expires_at=now + timedelta(minutes=1), networks=networks))
     assert cache.get(ALICE, GOOD_PASSWORD, now, "192.0.2.9") is not None
     assert cache.get(ALICE, GOOD_PASSWORD, now, "198.51.100.1") is None
@@ -213,7 +193,7 @@ def cached_success(mailbox, secret=GOOD_PASSWORD, **kwargs):
 def refused_after(change, *args, secret=GOOD_PASSWORD, client_ip=None):
     """Commit the change elsewhere; the entry must be gone within the notification's
     delivery (polled ≤ 1 s), and the next verification refuses."""
-    in_thread(change, *args)
+    committed_call(change, *args)
     assert wait_for(lambda: verify.answer_cached(ALICE, secret, client_ip=client_ip) is None)
     return verify_password(ALICE, secret, client_ip=client_ip)
 
@@ -239,7 +219,7 @@ def test_suspend_and_disable(listener, make_mailbox, domain_a):
     mailbox = make_mailbox(domain_a, "alice")
     cached_success(mailbox)
     assert refused_after(lambda: suspend(Mailbox.objects.get(pk=mailbox.pk), "phished")).reason == Reason.SUSPENDED
-    in_thread(lambda: Mailbox.objects.filter(pk=mailbox.pk).update(state=Mailbox.State.ACTIVE))
+    committed_call(lambda: Mailbox.objects.filter(pk=mailbox.pk).update(state=Mailbox.State.ACTIVE))
     assert wait_for(lambda: verify_password(ALICE, GOOD_PASSWORD).ok)
     cached_success(mailbox)
     change = lambda: Mailbox.objects.filter(pk=mailbox.pk).update(state=Mailbox.State.DISABLED)  # noqa: E731
@@ -251,7 +231,7 @@ def test_domain_disabled_and_app_passwords_required(listener, make_mailbox, doma
     cached_success(mailbox)
     change = lambda: Domain.objects.filter(pk=domain_a.pk).update(require_app_passwords=True)  # noqa: E731
     assert refused_after(change).reason == Reason.APP_PASSWORD_REQUIRED
-    in_thread(lambda: Domain.objects.filter(pk=domain_a.pk).update(require_app_passwords=False))
+    committed_call(lambda: Domain.objects.filter(pk=domain_a.pk).update(require_app_passwords=False))
     assert wait_for(lambda: verify_password(ALICE, GOOD_PASSWORD).ok)
     cached_success(mailbox)
     assert (
@@ -292,12 +272,12 @@ def test_app_password_revoked_expired_and_restricted(listener, make_mailbox, dom
     assert verify.answer_cached(ALICE, secret, client_ip="192.0.2.7")[1] == app.pk
     restrict = lambda: AppPassword.objects.filter(pk=app.pk).update(allowed_networks=["198.51.100.0/24"])  # noqa: E731
     assert refused_after(restrict, secret=secret, client_ip="192.0.2.7").reason == Reason.NETWORK_NOT_ALLOWED
-    in_thread(lambda: AppPassword.objects.filter(pk=app.pk).update(allowed_networks=[]))
+    committed_call(lambda: AppPassword.objects.filter(pk=app.pk).update(allowed_networks=[]))
     assert wait_for(lambda: verify_password(ALICE, secret, client_ip="192.0.2.7").ok)
     cached_success(mailbox, secret, client_ip="192.0.2.7")
     expire = lambda: AppPassword.objects.filter(pk=app.pk).update(expires_at=timezone.now())  # noqa: E731
     assert refused_after(expire, secret=secret, client_ip="192.0.2.7").reason == Reason.EXPIRED
-    in_thread(lambda: AppPassword.objects.filter(pk=app.pk).update(expires_at=None))
+    committed_call(lambda: AppPassword.objects.filter(pk=app.pk).update(expires_at=None))
     assert wait_for(lambda: verify_password(ALICE, secret, client_ip="192.0.2.7").ok)
     cached_success(mailbox, secret, client_ip="192.0.2.7")
     revoke = lambda: credentials.revoke_app_password(AppPassword.objects.get(pk=app.pk))  # noqa: E731
@@ -314,7 +294,7 @@ def test_listener_connection_killed(listener, make_mailbox, domain_a):
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
         credentials.set_password(Mailbox.objects.get(pk=mailbox.pk), NEW_PASSWORD, enforce_policy=False)
 
-    in_thread(kill_and_change)
+    committed_call(kill_and_change)
     # The password changed while nobody listened: the cache must not answer the old one.
     assert wait_for(lambda: not verify_cache.cache.live() or listener.backend_pid != pid)
     assert verify_password(ALICE, GOOD_PASSWORD).reason == Reason.BAD_CREDENTIALS
