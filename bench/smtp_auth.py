@@ -96,6 +96,7 @@ def bench_env(args, var: Path, cert: Path | None = None, key: Path | None = None
             "SMTPD_AUTH_RATE_PER_IP": "1000000000",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            "VERIFY_CACHE_LISTEN": "0" if getattr(args, "no_listen", False) else "1",
         }
     )
     if cert and key:
@@ -776,6 +777,11 @@ def main() -> int:
     p.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8, 64])
     p.add_argument("--drain-timeout", type=float, default=180.0)
     p.add_argument("--quick", action="store_true", help="short cells, 200 users: to check the script works")
+    p.add_argument(
+        "--no-listen",
+        action="store_true",
+        help="VERIFY_CACHE_LISTEN=0: every AUTH reads the database (the path before the notified cache)",
+    )
     p.add_argument("--bare-server", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.bare_server:

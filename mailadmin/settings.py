@@ -240,6 +240,9 @@ SCRAM_ITERATIONS = env_int("SCRAM_ITERATIONS", 4096, minimum=4096)
 # Recent successful SMTP verifications kept in memory (see accounts/verify.py).
 VERIFY_CACHE_SIZE = env_int("VERIFY_CACHE_SIZE", 10000, minimum=0)
 VERIFY_CACHE_TTL = env_int("VERIFY_CACHE_TTL", 900, minimum=0)
+# PostgreSQL only: smtpd workers LISTEN for credential changes and answer repeated
+# successes from memory (accounts/verify_cache.py); ignored on SQLite.
+VERIFY_CACHE_LISTEN = env_bool("VERIFY_CACHE_LISTEN", True)
 MAILBOX_CSV_MAX_BYTES = env_int("MAILBOX_CSV_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
 PASSWORD_EXPIRY_NOTICE_DAYS = env_int("PASSWORD_EXPIRY_NOTICE_DAYS", 7, minimum=1)
 if not CREDENTIAL_ENCRYPTION_KEYS and DEBUG:

@@ -94,6 +94,58 @@ def verify_cached_password(client_ip: str, username: str, secret: str, mechanism
     return _password_outcome(client_ip, username, secret, mechanism, cache_only=True)
 
 
+def cached_password(client_ip: str, username: str, secret: str, mechanism: str) -> tuple[Outcome, tuple | None] | None:
+    """On the event loop, no I/O at all: (outcome, login write or None) when the block
+    snapshot is fresh and either blocks this source or the notified verification cache
+    (mailadmin.accounts.verify_cache, live on PostgreSQL) holds this success; None: go
+    through the pools as before. The login write, when due, is write_login's arguments,
+    for a pool: the same throttle as record_login (once a minute per credential, IP, mechanism)."""
+    from mailadmin.accounts.verify_cache import cache
+
+    if not cache.live():
+        return None
+    try:
+        return _cached_password(client_ip, username, secret, mechanism)
+    except Exception:  # whatever it was, the pools' path answers instead
+        log.exception("answering from the verification cache failed")
+        return None
+
+
+def _cached_password(client_ip: str, username: str, secret: str, mechanism: str):
+    from mailadmin.accounts import verify
+    from mailadmin.monitoring.blocks import check_source_if_fresh
+
+    username = verify.normalise_username(username)
+    decision = check_source_if_fresh(client_ip, username)
+    if decision is None:
+        return None
+    if decision.blocked and not decision.allowlisted:
+        return Outcome(BLOCKED, username=username, block_id=decision.block_id), None
+    cached = verify.answer_cached(username, secret, client_ip=client_ip)
+    if cached is None:
+        return None
+    result, app_password_id = cached
+    outcome = Outcome(str(result.reason), result.username, result.mailbox_id, result.credential)
+    due = verify.login_write_due(
+        result.mailbox_id, client_ip=client_ip, mechanism=mechanism, app_password_id=app_password_id
+    )
+    return outcome, ((result.mailbox_id, client_ip, mechanism, app_password_id) if due else None)
+
+
+@_job
+def refresh_blocks() -> None:
+    from mailadmin.monitoring.blocks import refresh
+
+    refresh()
+
+
+@_job
+def write_login(mailbox_id: int, client_ip: str, mechanism: str, app_password_id: int | None) -> None:
+    from mailadmin.accounts.verify import write_login
+
+    write_login(mailbox_id, client_ip=client_ip, mechanism=mechanism, app_password_id=app_password_id)
+
+
 @_job
 def scram_lookup(client_ip: str, username: str):
     """(Outcome, ScramLookup | None): the lookup carries salt and keys (fake ones for unknown users)."""

@@ -96,6 +96,11 @@ class Listener:
         return self.kind == "tls"
 
 
+def _log_failure(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("background job failed: %s", type(future.exception()).__name__)
+
+
 class ServerContext:
     CRAM_CHECK_INTERVAL = 1.0  # seconds between "is CRAM-MD5 enabled anywhere?" queries
 
@@ -124,12 +129,30 @@ class ServerContext:
         self.sessions: set = set()
         self.draining = False
         self._cram = (False, 0.0)
+        self._blocks_refresh = None
 
     async def run(self, fn, *args):
         return await self.loop.run_in_executor(self.executor, partial(fn, *args))
 
     async def run_fast(self, fn, *args):
         return await self.loop.run_in_executor(self.fast_executor, partial(fn, *args))
+
+    def submit_fast(self, fn, *args):
+        """Run fn on the fast pool without waiting for it (bookkeeping that never raises)."""
+        future = self.fast_executor.submit(fn, *args)
+        future.add_done_callback(_log_failure)
+        return future
+
+    def refresh_blocks_soon(self) -> None:
+        """Keep the block snapshot polled for answers on the loop: one poll at a time, on the pool."""
+        from mailadmin.monitoring.blocks import refresh_due
+
+        if self._blocks_refresh is None and refresh_due():
+            self._blocks_refresh = self.submit_fast(backend.refresh_blocks)
+            self._blocks_refresh.add_done_callback(self._blocks_refreshed)
+
+    def _blocks_refreshed(self, future) -> None:
+        self._blocks_refresh = None
 
     def shutdown(self) -> None:
         self.fast_executor.shutdown(wait=True, cancel_futures=True)

@@ -32,6 +32,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
+from mailadmin.accounts import verify_cache
 from smtpd.context import Config, Listener, ServerContext
 from smtpd.events import SpoolingPublisher
 from smtpd.metrics import start_metrics_server
@@ -142,6 +143,7 @@ async def run_worker(config: Config, ready=print) -> None:
     publisher = SpoolingPublisher(Path(config.spool_dir) / f"worker-{config.worker_index}").start()
     relay = relay_from_settings(config.relay_url, config.maildir)
     ctx = ServerContext(config, loop, context, publisher, relay)
+    verify_cache.start()  # PostgreSQL: this worker's LISTEN for credential changes
     servers, bound = [], {"starttls": [], "tls": []}
     accepted = [0]
 
@@ -189,6 +191,7 @@ async def run_worker(config: Config, ready=print) -> None:
     log.info("smtpd worker %d stopping: %d open sessions", config.worker_index, len(ctx.sessions))
     await drain(ctx, servers, config.drain_timeout)
     publisher.stop()
+    verify_cache.stop()
     ctx.shutdown()
     connections.close_all()
 

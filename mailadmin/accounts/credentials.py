@@ -381,7 +381,25 @@ def revoke_app_password(app: AppPassword) -> bool:
 
 
 def network_allowed(app: AppPassword, client_ip: str | None) -> bool:
-    if not app.allowed_networks:
+    return networks_allow(network_objects(app.allowed_networks), client_ip)
+
+
+def network_objects(values) -> tuple | None:
+    """An app password's allowed_networks as ip_network objects; None: anywhere (an empty
+    list). Entries that do not parse are left out (only these: nowhere, not anywhere)."""
+    if not values:
+        return None
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except (ValueError, TypeError):
+            continue
+    return tuple(networks)
+
+
+def networks_allow(networks: tuple | None, client_ip: str | None) -> bool:
+    if networks is None:
         return True
     if not client_ip:
         return False
@@ -391,13 +409,7 @@ def network_allowed(app: AppPassword, client_ip: str | None) -> bool:
         return False
     if ip.version == 6 and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
-    for net in app.allowed_networks:
-        try:
-            if ip in ipaddress.ip_network(net, strict=False):
-                return True
-        except (ValueError, TypeError):
-            continue
-    return False
+    return any(ip.version == net.version and ip in net for net in networks)
 
 
 def b64(data: bytes) -> str:

@@ -38,7 +38,7 @@ from django.db import DatabaseError, connections
 from django.utils import timezone
 from django.utils.encoding import force_bytes
 
-from mailadmin.accounts import credentials
+from mailadmin.accounts import credentials, verify_cache
 from mailadmin.accounts.md5state import hmac_md5_from_state
 from mailadmin.accounts.models import AppPassword, Domain, Mailbox, PasswordPolicy
 
@@ -262,10 +262,7 @@ class _SuccessCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, int], tuple[str, bytes, float]] = OrderedDict()
         self._names: OrderedDict[tuple[str, bytes], float] = OrderedDict()
-        self._key = os.urandom(32)
-
-    def _mac(self, secret: str) -> bytes:
-        return hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        self._mac = verify_cache.secret_mac
 
     def hit(self, key: tuple[str, int], stored_hash: str, secret: str) -> bool:
         ttl = settings.VERIFY_CACHE_TTL
@@ -356,14 +353,20 @@ def _state_reason(mailbox: Mailbox) -> Reason | None:
     return None
 
 
-def password_expired(mailbox: Mailbox, now=None) -> bool:
+def password_expires_at(mailbox: Mailbox):
+    """When the mailbox password expires under the policy in force (None: never)."""
     max_age_days = getattr(mailbox, "policy_max_age_days", None)
     if max_age_days is None:
         max_age_days = PasswordPolicy.for_domain(mailbox.domain).max_age_days
-    if not max_age_days:
-        return False
     changed = mailbox.password_changed_at or mailbox.created
-    return changed is not None and changed + timedelta(days=max_age_days) <= (now or timezone.now())
+    if not max_age_days or changed is None:
+        return None
+    return changed + timedelta(days=max_age_days)
+
+
+def password_expired(mailbox: Mailbox, now=None) -> bool:
+    expires_at = password_expires_at(mailbox)
+    return expires_at is not None and expires_at <= (now or timezone.now())
 
 
 def _after_database_error() -> None:
@@ -417,10 +420,23 @@ def record_login(
     verify_password and CramLookup.check call this themselves; the smtpd calls
     it after a successful SCRAM exchange. Writes at most once a minute per
     credential unless the IP or mechanism changed. Never raises."""
+    if login_write_due(mailbox_id, client_ip=client_ip, mechanism=mechanism, app_password_id=app_password_id):
+        write_login(mailbox_id, client_ip=client_ip, mechanism=mechanism, app_password_id=app_password_id)
+
+
+def login_write_due(
+    mailbox_id: int, *, client_ip: str | None, mechanism: str, app_password_id: int | None = None
+) -> bool:
+    """record_login's throttle on its own (memory only, so the smtpd may ask on its event
+    loop): True once a minute per credential, IP and mechanism; then call write_login."""
+    key = ("mailbox", mailbox_id, app_password_id)
+    return not _recent_logins.seen(key, _clean_ip(client_ip), (mechanism or "")[:20])
+
+
+def write_login(mailbox_id: int, *, client_ip: str | None, mechanism: str, app_password_id: int | None = None) -> None:
+    """The database half of record_login (unthrottled; never raises)."""
     ip = _clean_ip(client_ip)
     mechanism = (mechanism or "")[:20]
-    if _recent_logins.seen(("mailbox", mailbox_id, app_password_id), ip, mechanism):
-        return
     now = timezone.now()
     try:
         Mailbox.objects.filter(pk=mailbox_id).exclude(
@@ -467,6 +483,43 @@ def verify_password(
         return VerifyResult(Reason.TEMP_FAILURE, name, None, "none")
 
 
+def answer_cached(
+    username: str, secret: str, *, client_ip: str | None = None
+) -> tuple[VerifyResult, int | None] | None:
+    """(success, app password id or None) straight from memory, no database read, when the
+    notified cache (verify_cache: PostgreSQL, listener connected) holds this address and
+    secret and the credential is still usable now from this address; else None (then call
+    verify_password). The caller records the login: login_write_due(), then write_login()."""
+    if not isinstance(username, str) or not isinstance(secret, str) or not secret or not verify_cache.cache.live():
+        return None
+    return _cached_success(normalise_username(username), secret, _clean_ip(client_ip))
+
+
+def _cached_success(name: str, secret: str, client_ip: str | None) -> tuple[VerifyResult, int | None] | None:
+    entry = verify_cache.cache.get(name, secret, timezone.now(), client_ip)
+    if entry is None:
+        return None
+    return VerifyResult(Reason.SUCCESS, entry.address, entry.mailbox_id, entry.credential), entry.app_password_id
+
+
+def _remember_success(since: int, asked: str, secret: str, mailbox: Mailbox, app: AppPassword | None, stored: str):
+    """Put a success into the notified cache with everything it depended on."""
+    if not verify_cache.cache.live():
+        return
+    entry = verify_cache.Entry(
+        mailbox_id=mailbox.pk,
+        address=mailbox.address,
+        credential=f"app_password:{app.pk}" if app else "password",
+        app_password_id=app.pk if app else None,
+        stored_hash=stored,
+        state=mailbox.state,
+        expires_at=app.expires_at if app else password_expires_at(mailbox),
+        networks=credentials.network_objects(app.allowed_networks) if app else None,
+        stored_at=time.monotonic(),
+    )
+    verify_cache.cache.put(since, asked, secret, entry)
+
+
 def probably_cached(username: str, secret: str) -> bool:
     """Whether verify_password(username, secret, cache_only=True) will probably
     answer (the pair succeeded recently in this process). Cheap: no database."""
@@ -478,6 +531,13 @@ def probably_cached(username: str, secret: str) -> bool:
 def _verify_password(
     name: str, secret: str, client_ip: str | None, mechanism: str, cache_only: bool = False
 ) -> VerifyResult | None:
+    cached = _cached_success(name, secret, client_ip) if verify_cache.cache.live() else None
+    if cached is not None:
+        result, app_password_id = cached
+        record_login(result.mailbox_id, client_ip=client_ip, mechanism=mechanism, app_password_id=app_password_id)
+        return result
+    since = verify_cache.cache.begin()  # before the read: changes after it refuse the put
+    asked = name
     app_secret = credentials.normalise_app_password(secret)
     mailbox = _find_mailbox(name)
     if mailbox is None:
@@ -536,6 +596,7 @@ def _verify_password(
         stored = _upgrade_app_password(matched_app, app_secret)
         if not matched_app_cached or stored != matched_app.password_hash:
             success_cache.put(("app", matched_app.pk), stored, app_secret, name)
+        _remember_success(since, asked, secret, mailbox, matched_app, stored)
         record_login(mailbox.pk, client_ip=client_ip, mechanism=mechanism, app_password_id=matched_app.pk)
         return VerifyResult(Reason.SUCCESS, name, mailbox.pk, credential)
     if not password_ok:
@@ -551,6 +612,8 @@ def _verify_password(
         success_cache.put(("password", mailbox.pk), stored, secret, name)
     if not mailbox.has_scram or (mailbox.domain.cram_md5_enabled and not mailbox.cram_md5_state):
         credentials.add_transition_secrets(mailbox, secret)
+    else:  # (after a transition, the next success is remembered: the secrets' write drops entries)
+        _remember_success(since, asked, secret, mailbox, None, stored)
     record_login(mailbox.pk, client_ip=client_ip, mechanism=mechanism)
     return VerifyResult(Reason.SUCCESS, name, mailbox.pk, credential)
 
@@ -689,5 +752,6 @@ def cram_md5_enabled_anywhere() -> bool:
 def clear_caches() -> None:
     """Forget cached verifications and the CRAM-MD5 flag (tests, key rotation)."""
     success_cache.clear()
+    verify_cache.cache.clear()
     _recent_logins.clear()
     _cram_anywhere.update(value=False, at=-1e9)

@@ -36,6 +36,9 @@ VERSION_KEY = "monitoring:blocks:version"
 # share of the failed-AUTH-to-block latency (bench/latency.py).
 POLL_SECONDS = 0.1
 FALLBACK_RELOAD_SECONDS = 5.0
+# The smtpd's event loop answers from a snapshot at most this old (check_source_if_fresh),
+# while a pool thread polls in the background (refresh_due): never a wait on the loop.
+LOOP_MAX_AGE = 1.0
 FULL_RELOAD_SECONDS = 60.0
 
 BASE_BLOCK = timedelta(minutes=15)
@@ -121,6 +124,10 @@ class _Snapshot:
     def _read_version(self):
         return cache.get(VERSION_KEY)
 
+    def age(self) -> float:
+        """Seconds since the last poll (infinite before the first load)."""
+        return time.monotonic() - self._polled_at if self._loaded_at else float("inf")
+
     def ensure_fresh(self):
         now = time.monotonic()
         if now - self._polled_at < POLL_SECONDS:
@@ -199,6 +206,31 @@ def check_source(client_ip: str, username: str | None) -> Decision:
     except ValueError:
         return ALLOW
     _snapshot.ensure_fresh()
+    return _decide(addr, username)
+
+
+def check_source_if_fresh(client_ip: str, username: str | None) -> Decision | None:
+    """check_source without any I/O (for an event loop): None when the snapshot was
+    last polled more than LOOP_MAX_AGE ago (or never loaded); then call check_source.
+    The caller keeps it polled: refresh() on a thread whenever refresh_due()."""
+    if _snapshot.age() > LOOP_MAX_AGE:
+        return None
+    try:
+        addr = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return ALLOW
+    return _decide(addr, username)
+
+
+def refresh_due() -> bool:
+    return _snapshot.age() >= POLL_SECONDS
+
+
+def refresh() -> None:
+    _snapshot.ensure_fresh()
+
+
+def _decide(addr, username: str | None) -> Decision:
     snap = _snapshot
     note = snap.allowlist_note(addr)
     if note is not None:

@@ -185,6 +185,35 @@ def test_every_result_arrives_at_the_worker(server, accounts):
     assert by_result["success"].helo == "client.test"
 
 
+def test_successes_answered_from_the_cache_make_the_same_events(server, accounts):
+    """The first success goes through the database; the next ones are answered on the
+    event loop from the notified cache: one event each, with the same fields."""
+    import urllib.request
+
+    def loop_successes():
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics[0]}/metrics", timeout=5).read().decode()
+        name = 'smtpd_auth_loop_answers_total{result="success"}'
+        line = next((x for x in body.splitlines() if x.startswith(name)), "")
+        return float(line.split()[-1]) if line else 0.0
+
+    before = loop_successes()
+    for _ in range(5):
+        client = RawClient(server, "tls")
+        client.cmd("EHLO cached.test")
+        assert client.cmd(f"AUTH PLAIN {b64(chr(0) + ALICE + chr(0) + PASSWORD)}").startswith("235")
+        client.close()
+    assert loop_successes() >= before + 3
+    events = wait_for_events(5, node="events-node", helo="cached.test")
+    assert len(events) == 5
+    fields = {
+        (e.result, e.username, e.credential, e.mechanism, e.pw_fp, e.tls, e.listener, e.client_ip, e.attempt)
+        for e in events
+    }
+    first = events[0]
+    assert fields == {("success", ALICE, "password", "PLAIN", first.pw_fp, first.tls, server.tls, "127.0.0.1", 1)}
+    assert len({e.session_id for e in events}) == 5 and all(e.latency_ms is not None for e in events)
+
+
 def test_broker_killed_during_a_burst_loses_nothing(server, redis, worker, accounts):
     total, connections = 2000, 4
     clients = []
