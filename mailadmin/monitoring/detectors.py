@@ -167,33 +167,20 @@ def classify_and_learn(rows: list[dict]) -> None:
     for user in claimed:  # placeholders only: judged as "no baseline yet", exactly as before
         del baselines[user]
     failing_known = [u for u in {r["username"] for r in rows if _is_failure(r)} if u in baselines]
+    since = rows[0]["ts"] - STALE_MEMORY
     recent_pairs = set()
     if failing_known:
-        recent_pairs = set(
-            AuthEvent.objects.filter(
-                username__in=failing_known,
-                ts__gte=rows[0]["ts"] - STALE_MEMORY,
-                result__in=FAILURE_RESULTS,
-                pw_fp__isnull=False,
-            )
-            .values_list("username", "pw_fp")
-            .distinct()
-        )
+        recent_pairs = _past_failures(("username", "pw_fp"), failing_known, None, since)
     # (ip, user, fingerprint) that already failed: the same wrong password sent again from the
     # same place is a misconfigured client (a relay after a migration), never a new guess.
     failing = [r for r in rows if _is_failure(r) and r["pw_fp"] is not None]
     seen_triples = set()
     if failing:
-        seen_triples = set(
-            AuthEvent.objects.filter(
-                username__in={r["username"] for r in failing},
-                client_ip__in={r["client_ip"] for r in failing},
-                ts__gte=rows[0]["ts"] - STALE_MEMORY,
-                result__in=FAILURE_RESULTS,
-                pw_fp__isnull=False,
-            )
-            .values_list("client_ip", "username", "pw_fp")
-            .distinct()
+        seen_triples = _past_failures(
+            ("client_ip", "username", "pw_fp"),
+            {r["username"] for r in failing},
+            {r["client_ip"] for r in failing},
+            since,
         )
     guesses = Counter((ip, user) for ip, user, _fp in seen_triples)
     # Addresses flagged by an attack rule in the last hour: a login from one of them is the
@@ -223,7 +210,7 @@ def classify_and_learn(rows: list[dict]) -> None:
         base = baselines.get(user)
         if row["result"] == Result.SUCCESS and user:
             if base is None:
-                base = baselines[user] = created[user] = UserBaseline(username=user, domain_name=domain_of(user))
+                base = baselines[user] = created[user] = _Baseline(username=user, domain_name=domain_of(user))
             row["findings"] = _success_findings(row, base, params, allow_cache[ip])
             row["known_source"] = row["prefix"] in (base.prefixes or []) or row["network_kind"] in TRUSTED_KINDS
             row["known_asn"] = bool(row["asn_key"]) and row["asn_key"] in (base.asns or [])
@@ -257,20 +244,84 @@ def classify_and_learn(rows: list[dict]) -> None:
     _save_baselines([baselines[u] for u in sorted(changed)])
 
 
+def _past_failures(columns: tuple, users, ips, since) -> set[tuple]:
+    """Distinct `columns` of stored failures with a fingerprint since `since`, of these users
+    (and, when `ips` is given, from these addresses).
+
+    On PostgreSQL the names and addresses go as array parameters (server-side binding): the
+    ORM's __in lookups quoted every one of them into the SQL text in Python, every batch.
+    """
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        lookups = {"username__in": users, **({"client_ip__in": ips} if ips is not None else {})}
+        return set(
+            AuthEvent.objects.filter(**lookups, ts__gte=since, result__in=FAILURE_RESULTS, pw_fp__isnull=False)
+            .values_list(*columns)
+            .distinct()
+        )
+    from mailadmin.monitoring.ingest import bound_cursor
+
+    table = connection.ops.quote_name(AuthEvent._meta.db_table)
+    params = [list(users), since, sorted(str(r) for r in FAILURE_RESULTS)]
+    where = "username = ANY(%b::text[]) AND ts >= %b AND result = ANY(%b::text[]) AND pw_fp IS NOT NULL"
+    if ips is not None:
+        where += " AND client_ip = ANY(%b::inet[])"
+        params.append(list(ips))
+    with bound_cursor() as cursor:
+        # Identifiers come from model metadata and this function's callers; every value is a parameter.
+        cursor.execute(f"SELECT DISTINCT {', '.join(columns)} FROM {table} WHERE {where}", params)  # noqa: S608
+        return set(cursor.fetchall())
+
+
+class _Baseline:
+    """A UserBaseline's learned columns as classify_and_learn reads and writes them: a plain
+    object, not a model instance (building thousands of those per batch through RawQuerySet,
+    field converters included, cost more than the classification itself)."""
+
+    __slots__ = ("username", "domain_name", *BASELINE_FIELDS)
+    _DEFAULTS = None
+
+    def __init__(self, **values):
+        if _Baseline._DEFAULTS is None:
+            _Baseline._DEFAULTS = {
+                f.attname: f.get_default() for f in UserBaseline._meta.concrete_fields if f.attname in self.__slots__
+            }
+        for name, default in _Baseline._DEFAULTS.items():
+            setattr(self, name, values[name] if name in values else (default() if callable(default) else default))
+
+
 def _locked_baselines(users: list[str]):
     """The users' baselines, locked in username order (SELECT … FOR UPDATE).
 
-    On PostgreSQL the thousands of usernames go as one array parameter: the ORM's __in
-    lookup prepared every one of them in Python, for every batch.
+    On PostgreSQL the thousands of usernames go as one array parameter (the ORM's __in
+    lookup prepared every one of them in Python, for every batch), and the rows come back
+    as plain _Baseline objects.
     """
     from django.db import connection
 
     if connection.vendor != "postgresql":
         return UserBaseline.objects.select_for_update().filter(username__in=users).order_by("username")
+    from mailadmin.monitoring.ingest import bound_cursor
+
+    names = list(_Baseline.__slots__)
+    json_columns = [i for i, n in enumerate(names) if isinstance(UserBaseline._meta.get_field(n), JSONField)]
     table = connection.ops.quote_name(UserBaseline._meta.db_table)
-    # The table name comes from model metadata; the usernames are one parameter.
-    sql = f"SELECT * FROM {table} WHERE username = ANY(%s::text[]) ORDER BY username FOR UPDATE"  # noqa: S608
-    return UserBaseline.objects.raw(sql, [users])
+    with bound_cursor() as cursor:
+        # The table and column names come from model metadata; the usernames are one parameter.
+        cursor.execute(
+            f"SELECT {', '.join(names)} FROM {table} WHERE username = ANY(%b::text[]) "  # noqa: S608
+            "ORDER BY username FOR UPDATE",
+            [users],
+        )
+        found = []
+        for row in cursor.fetchall():
+            row = list(row)
+            for i in json_columns:  # what JSONField.from_db_value does with the text psycopg returns
+                if isinstance(row[i], str):
+                    row[i] = json.loads(row[i])
+            found.append(_Baseline(**dict(zip(names, row, strict=True))))
+        return found
 
 
 def _claim_new_baselines(rows) -> set[str]:

@@ -121,13 +121,20 @@ ADDRESS_MEMO_MAX = 100_000
 _address_memo: dict = {}
 
 
-def _address(text: str) -> tuple[str, str]:
+def prefix_lengths() -> tuple[int, int]:
+    """The configured (IPv4, IPv6) prefix lengths: part of the address memo's key."""
+    return getattr(settings, "MONITORING_PREFIX_V4", 24), getattr(settings, "MONITORING_PREFIX_V6", 64)
+
+
+def _address(text: str, lengths: tuple[int, int] | None = None) -> tuple[str, str]:
     """(normalised address, its prefix) of a client_ip; raises ValueError.
 
     Memoised (per configured prefix lengths): the same addresses come back all day, and
-    parsing one twice costs more than the rest of validate().
+    parsing one twice costs more than the rest of validate(). `lengths`: prefix_lengths(),
+    read once per batch by the caller (two reads of the lazy settings object per event cost
+    more than the memo lookup itself).
     """
-    key = (text, getattr(settings, "MONITORING_PREFIX_V4", 24), getattr(settings, "MONITORING_PREFIX_V6", 64))
+    key = (text, *(lengths or prefix_lengths()))
     found = _address_memo.get(key)
     if found is None:
         ip = str(ipaddress.ip_address(text))
@@ -140,8 +147,10 @@ def _address(text: str) -> tuple[str, str]:
     return found
 
 
-def validate(raw, *, now: dt.datetime | None = None) -> dict:
-    """One contract event → the clean fields of an AuthEvent row (raises InvalidEvent)."""
+def validate(raw, *, now: dt.datetime | None = None, lengths: tuple[int, int] | None = None) -> dict:
+    """One contract event → the clean fields of an AuthEvent row (raises InvalidEvent).
+
+    lengths: prefix_lengths(), when the caller validates many events at once."""
     if not isinstance(raw, dict):
         raise InvalidEvent("event is not an object")
     try:
@@ -153,7 +162,7 @@ def validate(raw, *, now: dt.datetime | None = None) -> dict:
         log.warning("auth event %s: ts %s is ahead of our clock; using the time received", event_id, ts.isoformat())
         ts = now
     try:
-        ip, prefix = _address(str(raw.get("client_ip", "")).strip())
+        ip, prefix = _address(str(raw.get("client_ip", "")).strip(), lengths)
     except ValueError:
         raise InvalidEvent("client_ip is not an IP address") from None
     result = raw.get("result")
@@ -418,9 +427,10 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
     now = timezone.now()
     rows, seen = [], set()
     place_cache: dict = {}
+    lengths = prefix_lengths()
     for index, raw in enumerate(events):
         try:
-            row = validate(raw, now=None if replay else now)
+            row = validate(raw, now=None if replay else now, lengths=lengths)
         except InvalidEvent as exc:
             report.invalid += 1
             report.invalid_reasons[str(exc)] += 1
