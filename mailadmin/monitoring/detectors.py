@@ -25,7 +25,7 @@ import time
 from collections import Counter, defaultdict
 
 from django.db import IntegrityError, transaction
-from django.db.models import CharField, Count, JSONField, Min, Q, Sum, Value
+from django.db.models import CharField, Count, JSONField, Max, Min, Q, Sum, Value
 from django.db.models.functions import Cast, Concat
 
 from mailadmin.monitoring import geo
@@ -610,6 +610,7 @@ def _source_rules(det: Detection, suspect, column, kind):
     if not windows:
         return
     stats = _source_stats(column, keys, windows, T)
+    fired = []
     for st in stats:
         key = st[column]
         batch_rows = by_key.get(key, [])
@@ -645,12 +646,15 @@ def _source_rules(det: Detection, suspect, column, kind):
             and get("low_and_slow", "creds") >= p["min_distinct_credentials"]
         ):
             found.append(("low_and_slow", get("low_and_slow", "n"), get("low_and_slow", "first")))
-        if not found:
-            continue
+        if found:
+            fired.append((key, batch_rows, sample_row, found))
+    # Asked for all the sources that fired at once (nothing below changes the events it reads).
+    shared_sources = _shared_sources(column, [(key, T, "") for key, *_rest in fired])
+    for (key, batch_rows, sample_row, found), shared in zip(fired, shared_sources, strict=True):
         entity = {kind: key, "country": sample_row["country"], "asn": sample_row["asn_key"]}
         if kind == "ip":
             entity["prefix"] = sample_row["prefix"]
-        shared = _shared_source(column, key, T) or _own_hosted_client(column, key, sample_row, T)
+        shared = shared or _own_hosted_client(column, key, sample_row, T)
         for rule, count, first in found:
             severity = params[rule]["severity"]
             if shared and SEVERITY_RANK[severity] > SEVERITY_RANK["medium"]:
@@ -755,6 +759,57 @@ def _shared_source(column, key, T, exclude_user="") -> bool:
     if exclude_user:
         recent = recent.exclude(username=exclude_user)
     return recent.distinct().count() >= SHARED_SOURCE_USERS
+
+
+SHARED_SOURCE_MEMORY = dt.timedelta(days=7)
+
+
+def _shared_sources(column, items) -> list[bool]:
+    """[_shared_source(column, key, T, exclude_user) for (key, T, exclude_user) in items], from one
+    grouped query instead of one query per item (a batch of an attack on many addresses asked
+    hundreds, each scanning a week of the address's logins).
+
+    Per (key, user): the last login at or before the earliest T, and the first one after it. A
+    user has a login in (T - 7 days, T] exactly when the first is later than T - 7 days or the
+    second is not later than T (the items span less than the 7 days; otherwise item by item).
+    """
+    if not items:
+        return []
+    lo = min(T for _key, T, _user in items)
+    hi = max(T for _key, T, _user in items)
+    if len(items) == 1 or hi - lo >= SHARED_SOURCE_MEMORY:
+        return [_shared_source(column, key, T, user) for key, T, user in items]
+    norm = _address_text if column == "client_ip" else str
+    logins = defaultdict(list)  # key → [(username, last at or before lo, first after lo)]
+    for found in (
+        AuthEvent.objects.filter(
+            **{f"{column}__in": sorted({key for key, _T, _user in items})},
+            result=Result.SUCCESS,
+            ts__gt=lo - SHARED_SOURCE_MEMORY,
+            ts__lte=hi,
+        )
+        .values(column, "username")
+        .annotate(before=Max("ts", filter=Q(ts__lte=lo)), after=Min("ts", filter=Q(ts__gt=lo)))
+    ):
+        logins[norm(found[column])].append((found["username"], found["before"], found["after"]))
+    answers = []
+    for key, T, user in items:
+        since = T - SHARED_SOURCE_MEMORY
+        users = {
+            name
+            for name, before, after in logins.get(norm(key), ())
+            if (name != user or not user)
+            and ((before is not None and before > since) or (after is not None and after <= T))
+        }
+        answers.append(len(users) >= SHARED_SOURCE_USERS)
+    return answers
+
+
+def _address_text(value) -> str:
+    """An address as Python writes it (the database's text of an inet may be spelt differently)."""
+    import ipaddress
+
+    return str(ipaddress.ip_address(str(value)))
 
 
 def _own_hosted_client(column, key, sample_row, T) -> bool:
@@ -1074,6 +1129,7 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
     if not flagged:
         return
     allow_cache = {}
+    candidates = []
     for row in successes:
         ip = row["client_ip"]
         if ip not in allow_cache:
@@ -1091,10 +1147,13 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         by_source = by_ip + ([] if row.get("known_source") else live(f"prefix:{row['prefix']}"))
         # The user was attacked from elsewhere: only a login from a place the user never used is suspicious.
         by_user = [] if row.get("known_source") or row.get("known_asn") else live(f"user:{row['username']}")
-        if not (by_source or by_user):
-            continue
-        user = row["username"]
-        if _shared_source("client_ip", ip, ts, exclude_user=user):
+        if by_source or by_user:
+            candidates.append((row, by_ip, by_source, by_user))
+    # Asked for all candidates at once (nothing below changes the events it reads).
+    shared = _shared_sources("client_ip", [(r["client_ip"], r["ts"], r["username"]) for r, *_by in candidates])
+    for (row, by_ip, by_source, by_user), is_shared in zip(candidates, shared, strict=True):
+        ip, ts, user = row["client_ip"], row["ts"], row["username"]
+        if is_shared:
             continue  # a NAT or carrier address where other people log in every day: not the attacker's
         if not by_source and _familiar_network(row, user, ts):
             continue  # the user's own carrier or ISP (a new address in it), not a place they never used
