@@ -868,7 +868,7 @@ def _record_action(alert, block):
     text += f" for {_duration(block.expires_at - block.created)}"
     if alert.action == text[:255] and alert.action_expires_at == block.expires_at:
         return  # an ongoing attack re-confirms the same running block every minute: nothing to write
-    Alert.objects.filter(pk=alert.pk).update(action=text[:255], action_expires_at=block.expires_at)
+    _update_alert(alert.pk, action=text[:255], action_expires_at=block.expires_at)
     alert.action, alert.action_expires_at = text[:255], block.expires_at
 
 
@@ -1047,7 +1047,8 @@ def _block_pairs(alert, rule, user, T, minutes, slice_rows, fresh):
         last = block or last
     if last is not None:
         total = Block.objects.filter(alert=alert).count()
-        Alert.objects.filter(pk=alert.pk).update(
+        _update_alert(
+            alert.pk,
             action=f"blocked {total} source address(es) for {user}, each for "
             f"{_duration(last.expires_at - last.created)}",
             action_expires_at=last.expires_at,
@@ -1183,7 +1184,8 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
             now=ts,
         )
         if block is not None:
-            Alert.objects.filter(pk=alert.pk).update(
+            _update_alert(
+                alert.pk,
                 action=f"blocked IP {ip}{'' if by_ip else ' for ' + user} for "
                 f"{_duration(block.expires_at - block.created)}; "
                 "consider suspending the mailbox and resetting its password",
@@ -1273,11 +1275,45 @@ def _live_alert_for_update(rule, entity_key):
             f'SELECT * FROM "{table}" WHERE rule = %s AND entity_key = %s AND status IN (%s, %s) '  # noqa: S608
             "ORDER BY last_seen DESC, id ASC LIMIT 1 FOR UPDATE"
         )
-    found = list(Alert.objects.raw(sql, [rule, entity_key, Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED]))
-    return found[0] if found else None
+    from django.db import connection
+
+    fields = Alert._meta.concrete_fields
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [rule, entity_key, Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED])
+        names = [c.name for c in cursor.description]
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    # The instance RawQuerySet would build (same columns, the fields' converters: JSON decoding),
+    # without its per-query set-up, paid once per alert update of an attack.
+    by_column = dict(zip(names, row, strict=True))
+    values = []
+    for f in fields:
+        value = by_column[f.column]
+        for convert in f.get_db_converters(connection) if value is not None else ():
+            value = convert(value, f, connection)
+        values.append(value)
+    return Alert.from_db(connection.alias, [f.attname for f in fields], values)
 
 
 _LIVE_ALERT_SQL: dict = {}
+_UPDATE_ALERT_SQL: dict = {}
+
+
+def _update_alert(pk, **values) -> None:
+    """Alert.objects.filter(pk=pk).update(**values) for plain column values, its SQL written once
+    per set of columns (the ORM compiled it for every update of an ongoing attack's alerts)."""
+    from django.db import connection
+
+    names = tuple(sorted(values))
+    sql = _UPDATE_ALERT_SQL.get(names)
+    if sql is None:
+        table = connection.ops.quote_name(Alert._meta.db_table)
+        sets = ", ".join(f"{connection.ops.quote_name(Alert._meta.get_field(n).column)} = %s" for n in names)
+        sql = _UPDATE_ALERT_SQL[names] = f"UPDATE {table} SET {sets} WHERE id = %s"  # noqa: S608 - model metadata
+    params = [Alert._meta.get_field(n).get_db_prep_save(values[n], connection) for n in names]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, pk])
 
 
 def raise_alert(
@@ -1339,7 +1375,7 @@ def raise_alert(
                 seen = {(s.get("ts"), s.get("ip"), s.get("username")) for s in alert.evidence}
                 new = [s for s in samples if (s.get("ts"), s.get("ip"), s.get("username")) not in seen]
                 alert.evidence = (alert.evidence + new)[:MAX_EVIDENCE]
-                alert.save(update_fields=UPDATED_ON_REPEAT)  # the columns set just above
+                _update_alert(alert.pk, **{n: getattr(alert, n) for n in UPDATED_ON_REPEAT})  # set just above
             if fresh and notify:
                 from mailadmin.monitoring import notify as notify_mod
 
