@@ -1268,35 +1268,46 @@ def _live_alert_for_update(rule, entity_key):
     status__in=[open, acknowledged]).first() (ordered by -last_seen, then pk), in SQL written
     once: compiling that queryset was the largest single cost of a replayed minute.
     """
-    sql = _LIVE_ALERT_SQL.get("sql")
+    from django.db import connection
+
+    sql = _LIVE_ALERT_SQL.get(connection.vendor)
     if sql is None:
         table = Alert._meta.db_table
-        sql = _LIVE_ALERT_SQL["sql"] = (
+        sql = _LIVE_ALERT_SQL[connection.vendor] = (
             f'SELECT * FROM "{table}" WHERE rule = %s AND entity_key = %s AND status IN (%s, %s) '  # noqa: S608
-            "ORDER BY last_seen DESC, id ASC LIMIT 1 FOR UPDATE"
+            "ORDER BY last_seen DESC, id ASC LIMIT 1"
+            # SQLite has no FOR UPDATE (a syntax error there); its IMMEDIATE transactions are
+            # serialised already.
+            + (" FOR UPDATE" if connection.features.has_select_for_update else "")
         )
-    from django.db import connection
 
     fields = Alert._meta.concrete_fields
     with connection.cursor() as cursor:
         cursor.execute(sql, [rule, entity_key, Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED])
-        names = [c.name for c in cursor.description]
+        names = [c[0] for c in cursor.description]
         row = cursor.fetchone()
     if row is None:
         return None
-    # The instance RawQuerySet would build (same columns, the fields' converters: JSON decoding),
-    # without its per-query set-up, paid once per alert update of an attack.
+    # The instance RawQuerySet would build (same columns, the backend's and the fields'
+    # converters), without its per-query set-up, paid once per alert update of an attack.
+    converters = _ALERT_CONVERTERS.get(connection.vendor)
+    if converters is None:
+        converters = _ALERT_CONVERTERS[connection.vendor] = []
+        for f in fields:
+            col = f.get_col(Alert._meta.db_table)
+            converters.append((col, connection.ops.get_db_converters(col) + f.get_db_converters(connection)))
     by_column = dict(zip(names, row, strict=True))
     values = []
-    for f in fields:
+    for f, (col, convs) in zip(fields, converters, strict=True):
         value = by_column[f.column]
-        for convert in f.get_db_converters(connection) if value is not None else ():
-            value = convert(value, f, connection)
+        for convert in convs:
+            value = convert(value, col, connection)
         values.append(value)
     return Alert.from_db(connection.alias, [f.attname for f in fields], values)
 
 
 _LIVE_ALERT_SQL: dict = {}
+_ALERT_CONVERTERS: dict = {}  # vendor → [(column, its converters)] of Alert's fields
 _UPDATE_ALERT_SQL: dict = {}
 
 
