@@ -25,7 +25,7 @@ import time
 from collections import Counter, defaultdict
 
 from django.db import IntegrityError, transaction
-from django.db.models import CharField, Count, JSONField, Min, Q, Sum, Value
+from django.db.models import CharField, Count, JSONField, Max, Min, Q, Sum, Value
 from django.db.models.functions import Cast, Concat
 
 from mailadmin.monitoring import geo
@@ -167,33 +167,20 @@ def classify_and_learn(rows: list[dict]) -> None:
     for user in claimed:  # placeholders only: judged as "no baseline yet", exactly as before
         del baselines[user]
     failing_known = [u for u in {r["username"] for r in rows if _is_failure(r)} if u in baselines]
+    since = rows[0]["ts"] - STALE_MEMORY
     recent_pairs = set()
     if failing_known:
-        recent_pairs = set(
-            AuthEvent.objects.filter(
-                username__in=failing_known,
-                ts__gte=rows[0]["ts"] - STALE_MEMORY,
-                result__in=FAILURE_RESULTS,
-                pw_fp__isnull=False,
-            )
-            .values_list("username", "pw_fp")
-            .distinct()
-        )
+        recent_pairs = _past_failures(("username", "pw_fp"), failing_known, None, since)
     # (ip, user, fingerprint) that already failed: the same wrong password sent again from the
     # same place is a misconfigured client (a relay after a migration), never a new guess.
     failing = [r for r in rows if _is_failure(r) and r["pw_fp"] is not None]
     seen_triples = set()
     if failing:
-        seen_triples = set(
-            AuthEvent.objects.filter(
-                username__in={r["username"] for r in failing},
-                client_ip__in={r["client_ip"] for r in failing},
-                ts__gte=rows[0]["ts"] - STALE_MEMORY,
-                result__in=FAILURE_RESULTS,
-                pw_fp__isnull=False,
-            )
-            .values_list("client_ip", "username", "pw_fp")
-            .distinct()
+        seen_triples = _past_failures(
+            ("client_ip", "username", "pw_fp"),
+            {r["username"] for r in failing},
+            {r["client_ip"] for r in failing},
+            since,
         )
     guesses = Counter((ip, user) for ip, user, _fp in seen_triples)
     # Addresses flagged by an attack rule in the last hour: a login from one of them is the
@@ -223,7 +210,7 @@ def classify_and_learn(rows: list[dict]) -> None:
         base = baselines.get(user)
         if row["result"] == Result.SUCCESS and user:
             if base is None:
-                base = baselines[user] = created[user] = UserBaseline(username=user, domain_name=domain_of(user))
+                base = baselines[user] = created[user] = _Baseline(username=user, domain_name=domain_of(user))
             row["findings"] = _success_findings(row, base, params, allow_cache[ip])
             row["known_source"] = row["prefix"] in (base.prefixes or []) or row["network_kind"] in TRUSTED_KINDS
             row["known_asn"] = bool(row["asn_key"]) and row["asn_key"] in (base.asns or [])
@@ -257,20 +244,84 @@ def classify_and_learn(rows: list[dict]) -> None:
     _save_baselines([baselines[u] for u in sorted(changed)])
 
 
+def _past_failures(columns: tuple, users, ips, since) -> set[tuple]:
+    """Distinct `columns` of stored failures with a fingerprint since `since`, of these users
+    (and, when `ips` is given, from these addresses).
+
+    On PostgreSQL the names and addresses go as array parameters (server-side binding): the
+    ORM's __in lookups quoted every one of them into the SQL text in Python, every batch.
+    """
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        lookups = {"username__in": users, **({"client_ip__in": ips} if ips is not None else {})}
+        return set(
+            AuthEvent.objects.filter(**lookups, ts__gte=since, result__in=FAILURE_RESULTS, pw_fp__isnull=False)
+            .values_list(*columns)
+            .distinct()
+        )
+    from mailadmin.monitoring.ingest import bound_cursor
+
+    table = connection.ops.quote_name(AuthEvent._meta.db_table)
+    params = [list(users), since, sorted(str(r) for r in FAILURE_RESULTS)]
+    where = "username = ANY(%b::text[]) AND ts >= %b AND result = ANY(%b::text[]) AND pw_fp IS NOT NULL"
+    if ips is not None:
+        where += " AND client_ip = ANY(%b::inet[])"
+        params.append(list(ips))
+    with bound_cursor() as cursor:
+        # Identifiers come from model metadata and this function's callers; every value is a parameter.
+        cursor.execute(f"SELECT DISTINCT {', '.join(columns)} FROM {table} WHERE {where}", params)  # noqa: S608
+        return set(cursor.fetchall())
+
+
+class _Baseline:
+    """A UserBaseline's learned columns as classify_and_learn reads and writes them: a plain
+    object, not a model instance (building thousands of those per batch through RawQuerySet,
+    field converters included, cost more than the classification itself)."""
+
+    __slots__ = ("username", "domain_name", *BASELINE_FIELDS)
+    _DEFAULTS = None
+
+    def __init__(self, **values):
+        if _Baseline._DEFAULTS is None:
+            _Baseline._DEFAULTS = {
+                f.attname: f.get_default() for f in UserBaseline._meta.concrete_fields if f.attname in self.__slots__
+            }
+        for name, default in _Baseline._DEFAULTS.items():
+            setattr(self, name, values[name] if name in values else (default() if callable(default) else default))
+
+
 def _locked_baselines(users: list[str]):
     """The users' baselines, locked in username order (SELECT … FOR UPDATE).
 
-    On PostgreSQL the thousands of usernames go as one array parameter: the ORM's __in
-    lookup prepared every one of them in Python, for every batch.
+    On PostgreSQL the thousands of usernames go as one array parameter (the ORM's __in
+    lookup prepared every one of them in Python, for every batch), and the rows come back
+    as plain _Baseline objects.
     """
     from django.db import connection
 
     if connection.vendor != "postgresql":
         return UserBaseline.objects.select_for_update().filter(username__in=users).order_by("username")
+    from mailadmin.monitoring.ingest import bound_cursor
+
+    names = list(_Baseline.__slots__)
+    json_columns = [i for i, n in enumerate(names) if isinstance(UserBaseline._meta.get_field(n), JSONField)]
     table = connection.ops.quote_name(UserBaseline._meta.db_table)
-    # The table name comes from model metadata; the usernames are one parameter.
-    sql = f"SELECT * FROM {table} WHERE username = ANY(%s::text[]) ORDER BY username FOR UPDATE"  # noqa: S608
-    return UserBaseline.objects.raw(sql, [users])
+    with bound_cursor() as cursor:
+        # The table and column names come from model metadata; the usernames are one parameter.
+        cursor.execute(
+            f"SELECT {', '.join(names)} FROM {table} WHERE username = ANY(%b::text[]) "  # noqa: S608
+            "ORDER BY username FOR UPDATE",
+            [users],
+        )
+        found = []
+        for row in cursor.fetchall():
+            row = list(row)
+            for i in json_columns:  # what JSONField.from_db_value does with the text psycopg returns
+                if isinstance(row[i], str):
+                    row[i] = json.loads(row[i])
+            found.append(_Baseline(**dict(zip(names, row, strict=True))))
+        return found
 
 
 def _claim_new_baselines(rows) -> set[str]:
@@ -559,6 +610,7 @@ def _source_rules(det: Detection, suspect, column, kind):
     if not windows:
         return
     stats = _source_stats(column, keys, windows, T)
+    fired = []
     for st in stats:
         key = st[column]
         batch_rows = by_key.get(key, [])
@@ -594,12 +646,15 @@ def _source_rules(det: Detection, suspect, column, kind):
             and get("low_and_slow", "creds") >= p["min_distinct_credentials"]
         ):
             found.append(("low_and_slow", get("low_and_slow", "n"), get("low_and_slow", "first")))
-        if not found:
-            continue
+        if found:
+            fired.append((key, batch_rows, sample_row, found))
+    # Asked for all the sources that fired at once (nothing below changes the events it reads).
+    shared_sources = _shared_sources(column, [(key, T, "") for key, *_rest in fired])
+    for (key, batch_rows, sample_row, found), shared in zip(fired, shared_sources, strict=True):
         entity = {kind: key, "country": sample_row["country"], "asn": sample_row["asn_key"]}
         if kind == "ip":
             entity["prefix"] = sample_row["prefix"]
-        shared = _shared_source(column, key, T) or _own_hosted_client(column, key, sample_row, T)
+        shared = shared or _own_hosted_client(column, key, sample_row, T)
         for rule, count, first in found:
             severity = params[rule]["severity"]
             if shared and SEVERITY_RANK[severity] > SEVERITY_RANK["medium"]:
@@ -706,6 +761,57 @@ def _shared_source(column, key, T, exclude_user="") -> bool:
     return recent.distinct().count() >= SHARED_SOURCE_USERS
 
 
+SHARED_SOURCE_MEMORY = dt.timedelta(days=7)
+
+
+def _shared_sources(column, items) -> list[bool]:
+    """[_shared_source(column, key, T, exclude_user) for (key, T, exclude_user) in items], from one
+    grouped query instead of one query per item (a batch of an attack on many addresses asked
+    hundreds, each scanning a week of the address's logins).
+
+    Per (key, user): the last login at or before the earliest T, and the first one after it. A
+    user has a login in (T - 7 days, T] exactly when the first is later than T - 7 days or the
+    second is not later than T (the items span less than the 7 days; otherwise item by item).
+    """
+    if not items:
+        return []
+    lo = min(T for _key, T, _user in items)
+    hi = max(T for _key, T, _user in items)
+    if len(items) == 1 or hi - lo >= SHARED_SOURCE_MEMORY:
+        return [_shared_source(column, key, T, user) for key, T, user in items]
+    norm = _address_text if column == "client_ip" else str
+    logins = defaultdict(list)  # key → [(username, last at or before lo, first after lo)]
+    for found in (
+        AuthEvent.objects.filter(
+            **{f"{column}__in": sorted({key for key, _T, _user in items})},
+            result=Result.SUCCESS,
+            ts__gt=lo - SHARED_SOURCE_MEMORY,
+            ts__lte=hi,
+        )
+        .values(column, "username")
+        .annotate(before=Max("ts", filter=Q(ts__lte=lo)), after=Min("ts", filter=Q(ts__gt=lo)))
+    ):
+        logins[norm(found[column])].append((found["username"], found["before"], found["after"]))
+    answers = []
+    for key, T, user in items:
+        since = T - SHARED_SOURCE_MEMORY
+        users = {
+            name
+            for name, before, after in logins.get(norm(key), ())
+            if (name != user or not user)
+            and ((before is not None and before > since) or (after is not None and after <= T))
+        }
+        answers.append(len(users) >= SHARED_SOURCE_USERS)
+    return answers
+
+
+def _address_text(value) -> str:
+    """An address as Python writes it (the database's text of an inet may be spelt differently)."""
+    import ipaddress
+
+    return str(ipaddress.ip_address(str(value)))
+
+
 def _own_hosted_client(column, key, sample_row, T) -> bool:
     """A declared hosting range failing only for accounts that log in from that range every day:
     the organisation's own relay or CRM with a wrong password after a move, not a spray."""
@@ -762,7 +868,7 @@ def _record_action(alert, block):
     text += f" for {_duration(block.expires_at - block.created)}"
     if alert.action == text[:255] and alert.action_expires_at == block.expires_at:
         return  # an ongoing attack re-confirms the same running block every minute: nothing to write
-    Alert.objects.filter(pk=alert.pk).update(action=text[:255], action_expires_at=block.expires_at)
+    _update_alert(alert.pk, action=text[:255], action_expires_at=block.expires_at)
     alert.action, alert.action_expires_at = text[:255], block.expires_at
 
 
@@ -941,7 +1047,8 @@ def _block_pairs(alert, rule, user, T, minutes, slice_rows, fresh):
         last = block or last
     if last is not None:
         total = Block.objects.filter(alert=alert).count()
-        Alert.objects.filter(pk=alert.pk).update(
+        _update_alert(
+            alert.pk,
             action=f"blocked {total} source address(es) for {user}, each for "
             f"{_duration(last.expires_at - last.created)}",
             action_expires_at=last.expires_at,
@@ -1023,6 +1130,7 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
     if not flagged:
         return
     allow_cache = {}
+    candidates = []
     for row in successes:
         ip = row["client_ip"]
         if ip not in allow_cache:
@@ -1040,10 +1148,13 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         by_source = by_ip + ([] if row.get("known_source") else live(f"prefix:{row['prefix']}"))
         # The user was attacked from elsewhere: only a login from a place the user never used is suspicious.
         by_user = [] if row.get("known_source") or row.get("known_asn") else live(f"user:{row['username']}")
-        if not (by_source or by_user):
-            continue
-        user = row["username"]
-        if _shared_source("client_ip", ip, ts, exclude_user=user):
+        if by_source or by_user:
+            candidates.append((row, by_ip, by_source, by_user))
+    # Asked for all candidates at once (nothing below changes the events it reads).
+    shared = _shared_sources("client_ip", [(r["client_ip"], r["ts"], r["username"]) for r, *_by in candidates])
+    for (row, by_ip, by_source, by_user), is_shared in zip(candidates, shared, strict=True):
+        ip, ts, user = row["client_ip"], row["ts"], row["username"]
+        if is_shared:
             continue  # a NAT or carrier address where other people log in every day: not the attacker's
         if not by_source and _familiar_network(row, user, ts):
             continue  # the user's own carrier or ISP (a new address in it), not a place they never used
@@ -1073,7 +1184,8 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
             now=ts,
         )
         if block is not None:
-            Alert.objects.filter(pk=alert.pk).update(
+            _update_alert(
+                alert.pk,
                 action=f"blocked IP {ip}{'' if by_ip else ' for ' + user} for "
                 f"{_duration(block.expires_at - block.created)}; "
                 "consider suspending the mailbox and resetting its password",
@@ -1156,18 +1268,63 @@ def _live_alert_for_update(rule, entity_key):
     status__in=[open, acknowledged]).first() (ordered by -last_seen, then pk), in SQL written
     once: compiling that queryset was the largest single cost of a replayed minute.
     """
-    sql = _LIVE_ALERT_SQL.get("sql")
+    from django.db import connection
+
+    sql = _LIVE_ALERT_SQL.get(connection.vendor)
     if sql is None:
         table = Alert._meta.db_table
-        sql = _LIVE_ALERT_SQL["sql"] = (
+        sql = _LIVE_ALERT_SQL[connection.vendor] = (
             f'SELECT * FROM "{table}" WHERE rule = %s AND entity_key = %s AND status IN (%s, %s) '  # noqa: S608
-            "ORDER BY last_seen DESC, id ASC LIMIT 1 FOR UPDATE"
+            "ORDER BY last_seen DESC, id ASC LIMIT 1"
+            # SQLite has no FOR UPDATE (a syntax error there); its IMMEDIATE transactions are
+            # serialised already.
+            + (" FOR UPDATE" if connection.features.has_select_for_update else "")
         )
-    found = list(Alert.objects.raw(sql, [rule, entity_key, Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED]))
-    return found[0] if found else None
+
+    fields = Alert._meta.concrete_fields
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [rule, entity_key, Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED])
+        names = [c[0] for c in cursor.description]
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    # The instance RawQuerySet would build (same columns, the backend's and the fields'
+    # converters), without its per-query set-up, paid once per alert update of an attack.
+    converters = _ALERT_CONVERTERS.get(connection.vendor)
+    if converters is None:
+        converters = _ALERT_CONVERTERS[connection.vendor] = []
+        for f in fields:
+            col = f.get_col(Alert._meta.db_table)
+            converters.append((col, connection.ops.get_db_converters(col) + f.get_db_converters(connection)))
+    by_column = dict(zip(names, row, strict=True))
+    values = []
+    for f, (col, convs) in zip(fields, converters, strict=True):
+        value = by_column[f.column]
+        for convert in convs:
+            value = convert(value, col, connection)
+        values.append(value)
+    return Alert.from_db(connection.alias, [f.attname for f in fields], values)
 
 
 _LIVE_ALERT_SQL: dict = {}
+_ALERT_CONVERTERS: dict = {}  # vendor → [(column, its converters)] of Alert's fields
+_UPDATE_ALERT_SQL: dict = {}
+
+
+def _update_alert(pk, **values) -> None:
+    """Alert.objects.filter(pk=pk).update(**values) for plain column values, its SQL written once
+    per set of columns (the ORM compiled it for every update of an ongoing attack's alerts)."""
+    from django.db import connection
+
+    names = tuple(sorted(values))
+    sql = _UPDATE_ALERT_SQL.get(names)
+    if sql is None:
+        table = connection.ops.quote_name(Alert._meta.db_table)
+        sets = ", ".join(f"{connection.ops.quote_name(Alert._meta.get_field(n).column)} = %s" for n in names)
+        sql = _UPDATE_ALERT_SQL[names] = f"UPDATE {table} SET {sets} WHERE id = %s"  # noqa: S608 - model metadata
+    params = [Alert._meta.get_field(n).get_db_prep_save(values[n], connection) for n in names]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, pk])
 
 
 def raise_alert(
@@ -1229,7 +1386,7 @@ def raise_alert(
                 seen = {(s.get("ts"), s.get("ip"), s.get("username")) for s in alert.evidence}
                 new = [s for s in samples if (s.get("ts"), s.get("ip"), s.get("username")) not in seen]
                 alert.evidence = (alert.evidence + new)[:MAX_EVIDENCE]
-                alert.save(update_fields=UPDATED_ON_REPEAT)  # the columns set just above
+                _update_alert(alert.pk, **{n: getattr(alert, n) for n in UPDATED_ON_REPEAT})  # set just above
             if fresh and notify:
                 from mailadmin.monitoring import notify as notify_mod
 

@@ -121,13 +121,20 @@ ADDRESS_MEMO_MAX = 100_000
 _address_memo: dict = {}
 
 
-def _address(text: str) -> tuple[str, str]:
+def prefix_lengths() -> tuple[int, int]:
+    """The configured (IPv4, IPv6) prefix lengths: part of the address memo's key."""
+    return getattr(settings, "MONITORING_PREFIX_V4", 24), getattr(settings, "MONITORING_PREFIX_V6", 64)
+
+
+def _address(text: str, lengths: tuple[int, int] | None = None) -> tuple[str, str]:
     """(normalised address, its prefix) of a client_ip; raises ValueError.
 
     Memoised (per configured prefix lengths): the same addresses come back all day, and
-    parsing one twice costs more than the rest of validate().
+    parsing one twice costs more than the rest of validate(). `lengths`: prefix_lengths(),
+    read once per batch by the caller (two reads of the lazy settings object per event cost
+    more than the memo lookup itself).
     """
-    key = (text, getattr(settings, "MONITORING_PREFIX_V4", 24), getattr(settings, "MONITORING_PREFIX_V6", 64))
+    key = (text, *(lengths or prefix_lengths()))
     found = _address_memo.get(key)
     if found is None:
         ip = str(ipaddress.ip_address(text))
@@ -140,8 +147,10 @@ def _address(text: str) -> tuple[str, str]:
     return found
 
 
-def validate(raw, *, now: dt.datetime | None = None) -> dict:
-    """One contract event → the clean fields of an AuthEvent row (raises InvalidEvent)."""
+def validate(raw, *, now: dt.datetime | None = None, lengths: tuple[int, int] | None = None) -> dict:
+    """One contract event → the clean fields of an AuthEvent row (raises InvalidEvent).
+
+    lengths: prefix_lengths(), when the caller validates many events at once."""
     if not isinstance(raw, dict):
         raise InvalidEvent("event is not an object")
     try:
@@ -153,7 +162,7 @@ def validate(raw, *, now: dt.datetime | None = None) -> dict:
         log.warning("auth event %s: ts %s is ahead of our clock; using the time received", event_id, ts.isoformat())
         ts = now
     try:
-        ip, prefix = _address(str(raw.get("client_ip", "")).strip())
+        ip, prefix = _address(str(raw.get("client_ip", "")).strip(), lengths)
     except ValueError:
         raise InvalidEvent("client_ip is not an IP address") from None
     result = raw.get("result")
@@ -339,21 +348,30 @@ BATCH_TABLE = "mon_ingest_batch"  # a temporary table: this session's batch on i
 _BATCH_EXTRA = ("ip_key", "asn_key", "listener_key")  # text keys of the rollups, as Python writes them
 
 
-def _rollup_insert_sql(model, time_column: str, unit: str, dimensions) -> str:
-    """INSERT … SELECT of the new events' counts into a rollup table, rows locked in key order."""
-    table = connection.ops.quote_name(model._meta.db_table)
-    sources = {"client_ip": "n.ip_key"}  # the address as Python normalised it (host() may differ)
+_KEY_SOURCES = {"client_ip": "ip_key"}  # the address as Python normalised it (host() may differ)
+
+
+def _keyed(dimensions) -> str:
+    """FROM new n, one row per (event, dimension) with its key: the rollups' fan-out."""
     values = ", ".join(
-        f"('{dimension}', {sources.get(name, f'n.{name}') if name else chr(39) * 2}, "
+        f"('{dimension}', {'n.' + _KEY_SOURCES.get(name, name) if name else chr(39) * 2}, "
         f"{'n.domain_name' if scoped else chr(39) * 2})"
         for dimension, name, scoped in dimensions
     )
     return (
-        f"INSERT INTO {table} ({time_column}, dimension, key, result, count, domain_name) "  # noqa: S608
-        f"SELECT date_trunc('{unit}', n.ts), d.dimension, left(d.key, {ROLLUP_KEY_MAX}), n.result, count(*), "
-        f"d.domain_name FROM new n CROSS JOIN LATERAL (VALUES {values}) AS d (dimension, key, domain_name) "
-        "WHERE d.key <> '' OR d.dimension = 'all' GROUP BY 1, 2, 3, 4, 6 ORDER BY 2, 3, 1, 4 "
-        f"ON CONFLICT (dimension, key, {time_column}, result) DO UPDATE SET count = {table}.count + EXCLUDED.count"
+        f"FROM new n CROSS JOIN LATERAL (VALUES {values}) AS d (dimension, key, domain_name) "
+        "WHERE d.key <> '' OR d.dimension = 'all'"
+    )
+
+
+def _upsert_sql(model, time_column: str, select: str) -> str:
+    """INSERT of (time, dimension, key, result, count, domain_name) rows into a rollup table:
+    rows locked in key order (concurrent workers never deadlock), counts added on conflict."""
+    table = connection.ops.quote_name(model._meta.db_table)
+    return (
+        f"INSERT INTO {table} ({time_column}, dimension, key, result, count, domain_name) {select} "  # noqa: S608
+        f"ORDER BY 2, 3, 1, 4 ON CONFLICT (dimension, key, {time_column}, result) "
+        f"DO UPDATE SET count = {table}.count + EXCLUDED.count"
     )
 
 
@@ -370,46 +388,76 @@ def _statements() -> tuple[str, str, str]:
         cols = ", ".join(connection.ops.quote_name(n) for n in names)
         table = connection.ops.quote_name(AuthEvent._meta.db_table)
         extra = ", ".join(f"''::text AS {n}" for n in _BATCH_EXTRA)
-        hourly_dims = [*ROLLUP_DIMENSIONS, *hourly.extra_dimensions(ROLLUP_DIMENSIONS)]
+        hourly_extra = hourly.extra_dimensions(ROLLUP_DIMENSIONS)
+        # Only the columns the rollups read travel past the INSERT (not whole event rows).
+        used = {"ts", "result", "domain_name"}
+        used |= {_KEY_SOURCES.get(name, name) for _d, name, _s in (*ROLLUP_DIMENSIONS, *hourly_extra) if name}
+        new_cols = ", ".join(f"batch.{n}" for n in sorted(used))
+        # ON COMMIT DELETE ROWS: the table is emptied by truncation at commit. A DELETE alone
+        # left every batch's rows behind as dead tuples (nothing vacuums a temporary table), so
+        # the DELETE below scanned all the batches the session had ever ingested: a long-lived
+        # worker's insert grew slower batch after batch.
         _STATEMENTS["create"] = (
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {BATCH_TABLE} AS "  # noqa: S608 - model metadata only
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {BATCH_TABLE} ON COMMIT DELETE ROWS AS "  # noqa: S608
             f"SELECT {cols}, {extra} FROM {table} WITH NO DATA"
         )
         _STATEMENTS["copy"] = f"COPY pg_temp.{BATCH_TABLE} ({cols}, {', '.join(_BATCH_EXTRA)}) FROM STDIN"
         # The batch table is emptied by the statement that reads it (DELETE … RETURNING), so a
         # batch never sees another's rows, inside an outer transaction or not; only the events
-        # the INSERT returns (the new ones) reach the rollups.
+        # the INSERT returns (the new ones) reach the rollups. The new events are counted once
+        # per minute and dimension ("counted"); the hourly rows are the sums of those counts
+        # plus the hourly-only dimensions.
+        trunc = f"left(d.key, {ROLLUP_KEY_MAX})"
+        per_hour = "SELECT date_trunc('hour', t) AS h, dimension, key, result, events, domain_name FROM counted"
+        if hourly_extra:
+            per_hour += (
+                f" UNION ALL SELECT date_trunc('hour', n.ts), d.dimension, {trunc}, n.result, 1, d.domain_name "
+                + _keyed(hourly_extra)
+            )
         _STATEMENTS["insert"] = (
             f"WITH batch AS (DELETE FROM pg_temp.{BATCH_TABLE} RETURNING *), "  # noqa: S608
             f"ins AS (INSERT INTO {table} ({cols}) SELECT {cols} FROM batch "
             "ON CONFLICT (event_id) DO NOTHING RETURNING event_id), "
-            "new AS (SELECT batch.* FROM batch JOIN ins USING (event_id)), "
-            f"minutely AS ({_rollup_insert_sql(Rollup, 'minute', 'minute', ROLLUP_DIMENSIONS)}), "
-            f"hourly AS ({_rollup_insert_sql(HourlyRollup, 'hour', 'hour', hourly_dims)}) "
-            "SELECT event_id FROM ins"
+            f"new AS (SELECT {new_cols} FROM batch JOIN ins USING (event_id)), "
+            f"counted AS (SELECT date_trunc('minute', n.ts) AS t, d.dimension, {trunc} AS key, n.result, "
+            f"count(*)::integer AS events, d.domain_name {_keyed(ROLLUP_DIMENSIONS)} GROUP BY 1, 2, 3, 4, 6), "
+            "minutely AS ("
+            + _upsert_sql(Rollup, "minute", "SELECT t, dimension, key, result, events, domain_name FROM counted")
+            + "), hourly AS ("
+            + _upsert_sql(
+                HourlyRollup,
+                "hour",
+                f"SELECT h, dimension, key, result, sum(events), domain_name FROM ({per_hour}) AS c "  # noqa: S608
+                "GROUP BY 1, 2, 3, 4, 6",
+            )
+            + ") SELECT event_id FROM ins"
         )
     return _STATEMENTS["create"], _STATEMENTS["copy"], _STATEMENTS["insert"]
 
 
 def _insert_and_roll_up(rows: list[dict]) -> set[uuid.UUID]:
     """PostgreSQL: COPY the batch into a temporary table, then one statement inserts the new
-    events and adds them to both rollups (counted by the server, not in Python)."""
+    events and adds them to both rollups (counted by the server, not in Python).
+
+    In a transaction of its own if the caller has none: the batch table is emptied at commit.
+    """
     create, copy_sql, insert = _statements()
     names = [f.attname for f in _columns()]
     defaults = [f.get_default() for f in _columns()]
-    connection.ensure_connection()
-    with connection.wrap_database_errors, connection.connection.cursor() as cursor:
-        cursor.execute(create)
-        with cursor.copy(copy_sql) as copy:
-            write = copy.write_row
-            for row in rows:
-                # validate() and _enrich() produce the stored values (UUID, aware datetimes, str,
-                # int, float, None) and classify_and_learn() sets "suspect": written as they are.
-                values = [row.get(n, d) for n, d in zip(names, defaults, strict=True)]
-                values += [row["client_ip"], row["asn_key"], listener_key(row["listener"], row["tls"])]
-                write(values)
-        cursor.execute(insert)
-        return {value for (value,) in cursor.fetchall()}
+    with transaction.atomic(savepoint=False):  # no SAVEPOINT round trips inside ingest_events' transaction
+        connection.ensure_connection()
+        with connection.wrap_database_errors, connection.connection.cursor() as cursor:
+            cursor.execute(create)
+            with cursor.copy(copy_sql) as copy:
+                write = copy.write_row
+                for row in rows:
+                    # validate() and _enrich() produce the stored values (UUID, aware datetimes, str,
+                    # int, float, None) and classify_and_learn() sets "suspect": written as they are.
+                    values = [row.get(n, d) for n, d in zip(names, defaults, strict=True)]
+                    values += [row["client_ip"], row["asn_key"], listener_key(row["listener"], row["tls"])]
+                    write(values)
+            cursor.execute(insert)
+            return {value for (value,) in cursor.fetchall()}
 
 
 def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: bool = True) -> IngestReport:
@@ -418,9 +466,10 @@ def ingest_events(events, *, replay: bool = False, detect: bool = True, notify: 
     now = timezone.now()
     rows, seen = [], set()
     place_cache: dict = {}
+    lengths = prefix_lengths()
     for index, raw in enumerate(events):
         try:
-            row = validate(raw, now=None if replay else now)
+            row = validate(raw, now=None if replay else now, lengths=lengths)
         except InvalidEvent as exc:
             report.invalid += 1
             report.invalid_reasons[str(exc)] += 1

@@ -90,3 +90,28 @@ def test_the_budget_bounds_what_is_taken(queue, monkeypatch):
     report = _run_as_worker(name, [event("192.0.2.1", "u@a.example")])
     assert report["batches"] == 3 and report["inserted"] == 5  # 1 + 2 + 2: the budget of 4 is spent
     assert client.llen(name) == 2
+
+
+def test_a_taken_message_decodes_as_kombu_would():
+    """Plain JSON bodies skip kombu's per-object hook; one with kombu's type tags goes through it."""
+    import datetime as dt
+
+    from kombu.utils.json import dumps
+
+    class Taken:
+        content_type, content_encoding = "application/json", "utf-8"
+
+        def __init__(self, body):
+            self.body = body.encode()
+
+        def decode(self):
+            from kombu.utils.json import loads
+
+            return loads(self.body)
+
+    plain = dumps([[[event()]], {}, {}])
+    tagged = dumps([[[{"id": "x", "ts": dt.datetime(2026, 3, 2, tzinfo=dt.UTC)}]], {}, {}])
+    assert "__type__" in tagged
+    for body in (plain, tagged):
+        assert tasks._decoded(Taken(body)) == Taken(body).decode()
+    assert isinstance(tasks._decoded(Taken(tagged))[0][0][0]["ts"], dt.datetime)

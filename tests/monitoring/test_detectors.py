@@ -531,3 +531,37 @@ def test_the_thiefs_login_is_not_learned_as_the_users_place():
     assert not alerts("impossible_travel").exists()
     base = UserBaseline.objects.get(username="ann@a.example")
     assert "AU" not in base.countries and "198.51.100.0/24" not in base.prefixes
+
+
+@pytest.mark.django_db
+def test_shared_sources_answer_as_one_query_per_item_would():
+    """The batched "many users log in from here" check equals _shared_source asked item by item,
+    at the edges of its week (a login exactly 7 days before T is outside, one at T inside)."""
+    from mailadmin.monitoring.blocks import prefix_of
+    from mailadmin.monitoring.detectors import SHARED_SOURCE_MEMORY, _shared_source, _shared_sources
+
+    nat, v6 = "192.0.2.44", "2001:db8:0:1::5"
+    T0 = BASE + dt.timedelta(days=8)
+    week = SHARED_SOURCE_MEMORY
+    events = []
+    for i, ago in enumerate([week + M, week, week - M, H, M, dt.timedelta(0)]):
+        events.append(event(nat, f"u{i}@a.example", "success", ts=T0 - ago))
+        events.append(event(v6, f"u{i}@a.example", "success", ts=T0 - ago))
+    events.append(event(nat, "", "success", ts=T0 - H))  # no username (counted when nobody is excluded)
+    for i in range(3):  # logins after the earliest T: in the window of the later items only
+        events.append(event(nat, f"late{i}@a.example", "success", ts=T0 + (i + 1) * M))
+    edge = "192.0.2.99"  # two users before T0 and a third exactly at T0 + 1 min: three at that T only
+    events += [event(edge, "a@a.example", "success", ts=T0 - H), event(edge, "b@a.example", "success", ts=T0 - M)]
+    events.append(event(edge, "c@a.example", "success", ts=T0 + M))
+    feed(events)
+    items = [
+        (ip, T0 + offset, user)
+        for ip in (nat, v6, edge, "198.51.100.1")
+        for offset in (dt.timedelta(0), M, 2 * M + dt.timedelta(seconds=30), 3 * M, H)
+        for user in ("", "u3@a.example", "late0@a.example")
+    ]
+    for column, key_of in (("client_ip", str), ("prefix", prefix_of)):
+        keyed = [(key_of(ip), T, user) for ip, T, user in items]
+        assert _shared_sources(column, keyed) == [_shared_source(column, k, T, u) for k, T, u in keyed]
+    answers = _shared_sources("client_ip", items)
+    assert True in answers and False in answers

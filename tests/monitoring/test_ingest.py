@@ -66,3 +66,25 @@ def test_owner_portal_sign_ins_are_stored_with_the_web_listener():
     assert report.inserted == 1 and report.invalid == 1
     stored = AuthEvent.objects.get()
     assert stored.listener is None and stored.mechanism == "WEB"
+
+
+@pytest.mark.embedded
+@pytest.mark.django_db
+def test_an_ongoing_brute_force_opens_then_updates_its_alert_on_either_database():
+    """The live alert is found and updated on SQLite too (the embedded default has no FOR UPDATE)."""
+    import datetime as dt
+
+    from mailadmin.monitoring.models import Alert
+
+    attacker = "203.0.113.66"
+    for minute in range(2):
+        start = BASE + dt.timedelta(minutes=minute)
+        batch = [
+            event(attacker, f"user{i}@a.example", ts=start + dt.timedelta(seconds=i), pw_fp=minute * 100 + i)
+            for i in range(30)
+        ]
+        ingest_events(batch, replay=True, notify=False)
+    alert = Alert.objects.get(rule="ip_bruteforce", entity_key=f"ip:{attacker}")
+    assert alert.count == 60  # the second minute's batch updated the alert the first one opened
+    assert alert.last_seen == BASE + dt.timedelta(minutes=1, seconds=29)
+    assert alert.first_seen == BASE and alert.evidence
