@@ -506,14 +506,66 @@ class Detection:
         self.raised = 0
         self.resolved = False
         self.last_fresh = False
+        # (rule, entity_key) → its live alert as this slice left it (None: none live), locked.
+        self.live: dict = {}
+        # pk → alert whose UPDATED_ON_REPEAT and action columns are still to be written (flush).
+        self.dirty: dict = {}
 
-    def alert(self, rule, entity_key, entity, *, count, first_seen, verdict, samples, domain_name="", severity=None):
+    def _resolve_first(self):
         if not self.resolved:
             auto_resolve(self.T)  # first, so a new wave after a quiet spell opens a new alert
             self.resolved = True
+
+    def prefetch(self, rule, entity_keys):
+        """Read and lock the live alerts of these entities at once (one query instead of one per
+        alert); the updates of the slice are then made in memory and written by flush()."""
+        if rule not in self.params:
+            return
+        keys = sorted({k for k in entity_keys if (rule, k) not in self.live})
+        if not keys:
+            return
+        # Not auto_resolve() here (it runs at the slice's first alert, if any, as before): the
+        # alerts it would resolve are left out, so alert() opens their successors as it did.
+        found = _live_alerts_for_update(rule, keys, None if self.resolved else self.T)
+        for key in keys:
+            self.live[(rule, key)] = found.get(key)
+
+    def set_action(self, alert, action, expires_at):
+        """The alert's action text, written with the slice's other alert updates."""
+        alert.action, alert.action_expires_at = action, expires_at
+        self.dirty[alert.pk] = alert
+
+    def flush(self):
+        """Write the slice's pending alert updates (before anything reads the alerts again)."""
+        if self.dirty:
+            _update_alerts(list(self.dirty.values()))
+            self.dirty.clear()
+
+    def alert(self, rule, entity_key, entity, *, count, first_seen, verdict, samples, domain_name="", severity=None):
+        self._resolve_first()
         p = self.params[rule]
         severity = severity or p["severity"]
         window = int(float(p.get("window_minutes", 60)) * 60)
+        cached = self.live.get((rule, entity_key))
+        if cached is not None:
+            fresh = _repeat_alert(
+                cached,
+                severity=severity,
+                ts=self.T,
+                first_seen=first_seen,
+                count=count,
+                window_seconds=window,
+                verdict=verdict,
+                entity=entity,
+                samples=samples,
+            )
+            self.dirty[cached.pk] = cached
+            if fresh and self.notify:
+                _notify_on_commit(cached.pk)
+            self.last_fresh = fresh
+            if fresh:
+                self.raised += 1
+            return cached
         alert, fresh = raise_alert(
             rule,
             entity_key,
@@ -528,6 +580,7 @@ class Detection:
             domain_name=domain_name,
             notify=self.notify,
         )
+        self.live[(rule, entity_key)] = alert  # the row as written: later updates in memory
         self.last_fresh = fresh
         if fresh:
             self.raised += 1
@@ -590,6 +643,7 @@ def _run_slice(part, *, notify, attack_recent) -> int:
     _cleartext(det, part)
     _stale(det, part)
     _success_rules(det, part, check_attacks=attack_recent)
+    det.flush()
     if any(_is_failure(r) for r in part):
         surge_check(det.T, notify=notify)
     return det.raised
@@ -650,6 +704,10 @@ def _source_rules(det: Detection, suspect, column, kind):
             fired.append((key, batch_rows, sample_row, found))
     # Asked for all the sources that fired at once (nothing below changes the events it reads).
     shared_sources = _shared_sources(column, [(key, T, "") for key, *_rest in fired])
+    for rule in windows:
+        det.prefetch(
+            rule, [f"{kind}:{key}" for key, _rows, _sample, found in fired if any(f[0] == rule for f in found)]
+        )
     for (key, batch_rows, sample_row, found), shared in zip(fired, shared_sources, strict=True):
         entity = {kind: key, "country": sample_row["country"], "asn": sample_row["asn_key"]}
         if kind == "ip":
@@ -671,7 +729,7 @@ def _source_rules(det: Detection, suspect, column, kind):
                 severity=severity,
             )
             if not shared:
-                _respond_block(alert, rule, kind, key, sample_row, T)
+                _respond_block(det, alert, rule, kind, key, sample_row, T)
 
 
 def _source_queryset(column, keys, windows, T):
@@ -834,7 +892,7 @@ def _own_hosted_client(column, key, sample_row, T) -> bool:
     return users <= own
 
 
-def _respond_block(alert, rule, kind, key, sample_row, T):
+def _respond_block(det, alert, rule, kind, key, sample_row, T):
     if sample_row["network_kind"] in TRUSTED_KINDS:
         return
     if kind == "prefix":
@@ -856,10 +914,10 @@ def _respond_block(alert, rule, kind, key, sample_row, T):
         alert=alert,
         now=T,
     )
-    _record_action(alert, block)
+    _record_action(det, alert, block)
 
 
-def _record_action(alert, block):
+def _record_action(det, alert, block):
     if block is None:
         return
     text = f"blocked {block.get_kind_display().lower()} {block.value}"
@@ -868,8 +926,7 @@ def _record_action(alert, block):
     text += f" for {_duration(block.expires_at - block.created)}"
     if alert.action == text[:255] and alert.action_expires_at == block.expires_at:
         return  # an ongoing attack re-confirms the same running block every minute: nothing to write
-    _update_alert(alert.pk, action=text[:255], action_expires_at=block.expires_at)
-    alert.action, alert.action_expires_at = text[:255], block.expires_at
+    det.set_action(alert, text[:255], block.expires_at)
 
 
 def _duration(delta: dt.timedelta) -> str:
@@ -937,6 +994,8 @@ def _account_rules(det: Detection, suspect):
     if not rules:
         return
     stats = _account_stats(users, rules, T)
+    for rule in rules:
+        det.prefetch(rule, [f"user:{st['username']}" for st in stats])
     by_user = defaultdict(list)
     for r in suspect:
         by_user[r["username"]].append(r)
@@ -965,7 +1024,7 @@ def _account_rules(det: Detection, suspect):
                 samples=[_sample(r) for r in by_user[user][-SAMPLES_PER_UPDATE:]],
                 domain_name=domain_of(user),
             )
-            _block_pairs(alert, rule, user, T, float(p["window_minutes"]), by_user[user], det.last_fresh)
+            _block_pairs(det, alert, rule, user, T, float(p["window_minutes"]), by_user[user], det.last_fresh)
 
 
 def _account_queryset(users, rules, T):
@@ -994,7 +1053,7 @@ def _account_stats(users, rules, T):
     return _rows_compiled_once(("account", windows, len(users)), lambda: _account_queryset(users, rules, T), params)
 
 
-def _block_pairs(alert, rule, user, T, minutes, slice_rows, fresh):
+def _block_pairs(det, alert, rule, user, T, minutes, slice_rows, fresh):
     """Block the attacking sources for this user only (never the account itself).
 
     A new alert blocks every source seen in the window; later slices block only
@@ -1047,11 +1106,10 @@ def _block_pairs(alert, rule, user, T, minutes, slice_rows, fresh):
         last = block or last
     if last is not None:
         total = Block.objects.filter(alert=alert).count()
-        _update_alert(
-            alert.pk,
-            action=f"blocked {total} source address(es) for {user}, each for "
-            f"{_duration(last.expires_at - last.created)}",
-            action_expires_at=last.expires_at,
+        det.set_action(
+            alert,
+            f"blocked {total} source address(es) for {user}, each for {_duration(last.expires_at - last.created)}",
+            last.expires_at,
         )
 
 
@@ -1062,6 +1120,7 @@ def _cleartext(det: Detection, rows):
     for r in rows:
         if r["result"] == Result.TLS_REQUIRED:
             by_ip[r["client_ip"]].append(r)
+    det.prefetch("cleartext", [f"ip:{ip}" for ip in by_ip])
     for ip, items in by_ip.items():
         users = sorted({r["username"] for r in items if r["username"]})
         _increment_alert(det, "cleartext", ip, items, users)
@@ -1087,6 +1146,7 @@ def _stale(det: Detection, rows):
     for r in rows:
         if r.get("stale") and r["username"]:
             by_user[r["username"]].append(r)
+    det.prefetch("stale_client", [f"user:{user}" for user in by_user])
     for user, items in by_user.items():
         det.alert(
             "stale_client",
@@ -1119,6 +1179,7 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
     for r in successes:
         keys |= {f"ip:{r['client_ip']}", f"prefix:{r['prefix']}", f"user:{r['username']}"}
     flagged = defaultdict(list)
+    det.flush()  # the slice's own alert updates first: the query below reads them
     recent = Alert.objects.filter(rule__in=ATTACK_RULES, last_seen__gte=earliest, first_seen__lte=det.T).exclude(
         status=Alert.Status.SAFE
     )
@@ -1152,6 +1213,7 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
             candidates.append((row, by_ip, by_source, by_user))
     # Asked for all candidates at once (nothing below changes the events it reads).
     shared = _shared_sources("client_ip", [(r["client_ip"], r["ts"], r["username"]) for r, *_by in candidates])
+    det.prefetch("success_after_attack", [f"user:{r['username']}" for r, *_by in candidates])
     for (row, by_ip, by_source, by_user), is_shared in zip(candidates, shared, strict=True):
         ip, ts, user = row["client_ip"], row["ts"], row["username"]
         if is_shared:
@@ -1184,12 +1246,12 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
             now=ts,
         )
         if block is not None:
-            _update_alert(
-                alert.pk,
-                action=f"blocked IP {ip}{'' if by_ip else ' for ' + user} for "
+            det.set_action(
+                alert,
+                f"blocked IP {ip}{'' if by_ip else ' for ' + user} for "
                 f"{_duration(block.expires_at - block.created)}; "
                 "consider suspending the mailbox and resetting its password",
-                action_expires_at=block.expires_at,
+                block.expires_at,
             )
 
 
@@ -1281,13 +1343,54 @@ def _live_alert_for_update(rule, entity_key):
             + (" FOR UPDATE" if connection.features.has_select_for_update else "")
         )
 
-    fields = Alert._meta.concrete_fields
     with connection.cursor() as cursor:
         cursor.execute(sql, [rule, entity_key, Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED])
         names = [c[0] for c in cursor.description]
         row = cursor.fetchone()
     if row is None:
         return None
+    return _alert_from_row(names, row)
+
+
+def _live_alerts_for_update(rule, entity_keys, resolving_at=None) -> dict:
+    """{entity_key: its open or acknowledged alert of `rule`}, locked: _live_alert_for_update for
+    many entities in one query per 500 (at most one live alert per (rule, entity): a unique index).
+    With resolving_at, leaves out the open alerts auto_resolve(resolving_at) would resolve."""
+    from django.db import connection
+
+    table = connection.ops.quote_name(Alert._meta.db_table)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    found = {}
+    keys = sorted(entity_keys)
+    with connection.cursor() as cursor:
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ", ".join(["%s"] * len(chunk))
+            params = [rule, *chunk, Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED]
+            unresolved = ""
+            if resolving_at is not None:
+                unresolved = " AND (status <> %s OR resolve_after IS NULL OR resolve_after >= %s)"
+                params += [
+                    Alert.Status.OPEN,
+                    Alert._meta.get_field("resolve_after").get_db_prep_value(resolving_at, connection),
+                ]
+            # Identifiers come from model metadata; every value is a parameter.
+            cursor.execute(
+                f"SELECT * FROM {table} WHERE rule = %s AND entity_key IN ({marks}) "  # noqa: S608
+                f"AND status IN (%s, %s){unresolved} ORDER BY id{lock}",
+                params,
+            )
+            names = [c[0] for c in cursor.description]
+            for row in cursor.fetchall():
+                alert = _alert_from_row(names, row)
+                found[alert.entity_key] = alert
+    return found
+
+
+def _alert_from_row(names, row):
+    from django.db import connection
+
+    fields = Alert._meta.concrete_fields
     # The instance RawQuerySet would build (same columns, the backend's and the fields'
     # converters), without its per-query set-up, paid once per alert update of an attack.
     converters = _ALERT_CONVERTERS.get(connection.vendor)
@@ -1325,6 +1428,44 @@ def _update_alert(pk, **values) -> None:
     params = [Alert._meta.get_field(n).get_db_prep_save(values[n], connection) for n in names]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, pk])
+
+
+# What Detection.flush writes of every alert a slice updated.
+FLUSHED = [*UPDATED_ON_REPEAT, "action", "action_expires_at"]
+
+
+def _update_alerts(alerts) -> None:
+    """_update_alert(a.pk, **{n: getattr(a, n) for n in FLUSHED}) for every alert, in one
+    UPDATE … FROM unnest(arrays) on PostgreSQL (an alert storm updated thousands one by one)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql" or len(alerts) == 1:
+        for a in alerts:
+            _update_alert(a.pk, **{n: getattr(a, n) for n in FLUSHED})
+        return
+    from mailadmin.monitoring.ingest import bound_cursor
+
+    table = connection.ops.quote_name(Alert._meta.db_table)
+    fields = [Alert._meta.get_field(n) for n in FLUSHED]
+    casts, params, sets = ["%b::bigint[]"], [[a.pk for a in alerts]], []
+    for f in fields:
+        values = [getattr(a, f.attname) for a in alerts]
+        if isinstance(f, JSONField):
+            casts.append("%b::text[]::jsonb[]")
+            values = [None if v is None else json.dumps(v) for v in values]
+        else:
+            casts.append(f"%b::{f.db_type(connection)}[]")
+        params.append(values)
+        column = connection.ops.quote_name(f.column)
+        sets.append(f"{column} = v.{column}")
+    columns = ", ".join(["id", *(connection.ops.quote_name(f.column) for f in fields)])
+    with bound_cursor() as cursor:
+        # Identifiers and types come from model metadata; every value is a parameter.
+        cursor.execute(
+            f"UPDATE {table} SET {', '.join(sets)} FROM unnest({', '.join(casts)}) AS v({columns}) "  # noqa: S608
+            f"WHERE {table}.id = v.id",
+            params,
+        )
 
 
 def raise_alert(
@@ -1374,25 +1515,47 @@ def raise_alert(
                     continue  # another worker opened it at the same moment: update that one
                 fresh = True
             else:
-                fresh = SEVERITY_RANK[severity] > SEVERITY_RANK[alert.severity]
-                if fresh:
-                    alert.severity = severity
-                alert.last_seen = max(alert.last_seen, ts)
-                alert.first_seen = min(alert.first_seen, first_seen)
-                alert.count = alert.count + (-count) if count < 0 else max(alert.count, count)
-                alert.verdict = verdict
-                alert.entity = {**alert.entity, **entity}
-                alert.resolve_after = alert.last_seen + quiet
-                seen = {(s.get("ts"), s.get("ip"), s.get("username")) for s in alert.evidence}
-                new = [s for s in samples if (s.get("ts"), s.get("ip"), s.get("username")) not in seen]
-                alert.evidence = (alert.evidence + new)[:MAX_EVIDENCE]
+                fresh = _repeat_alert(
+                    alert,
+                    severity=severity,
+                    ts=ts,
+                    first_seen=first_seen,
+                    count=count,
+                    window_seconds=window_seconds,
+                    verdict=verdict,
+                    entity=entity,
+                    samples=samples,
+                )
                 _update_alert(alert.pk, **{n: getattr(alert, n) for n in UPDATED_ON_REPEAT})  # set just above
             if fresh and notify:
-                from mailadmin.monitoring import notify as notify_mod
-
-                transaction.on_commit(lambda alert_id=alert.pk: notify_mod.alert_raised(alert_id))
+                _notify_on_commit(alert.pk)
             return alert, fresh
     raise RuntimeError(f"could not raise alert {rule} {entity_key}")
+
+
+def _repeat_alert(alert, *, severity, ts, first_seen, count, window_seconds, verdict, entity, samples) -> bool:
+    """Apply one more finding to a live alert in memory (raise_alert's update). Returns is_escalated."""
+    quiet = dt.timedelta(seconds=max(window_seconds, 600) * 2)
+    entity = {k: v for k, v in entity.items() if v not in (None, "")}
+    fresh = SEVERITY_RANK[severity] > SEVERITY_RANK[alert.severity]
+    if fresh:
+        alert.severity = severity
+    alert.last_seen = max(alert.last_seen, ts)
+    alert.first_seen = min(alert.first_seen, first_seen)
+    alert.count = alert.count + (-count) if count < 0 else max(alert.count, count)
+    alert.verdict = verdict
+    alert.entity = {**alert.entity, **entity}
+    alert.resolve_after = alert.last_seen + quiet
+    seen = {(s.get("ts"), s.get("ip"), s.get("username")) for s in alert.evidence}
+    new = [s for s in samples if (s.get("ts"), s.get("ip"), s.get("username")) not in seen]
+    alert.evidence = (alert.evidence + new)[:MAX_EVIDENCE]
+    return fresh
+
+
+def _notify_on_commit(alert_id):
+    from mailadmin.monitoring import notify as notify_mod
+
+    transaction.on_commit(lambda: notify_mod.alert_raised(alert_id))
 
 
 def auto_resolve(now) -> int:
