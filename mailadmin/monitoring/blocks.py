@@ -259,12 +259,60 @@ def block_duration(escalation: int) -> timedelta:
     return min(BASE_BLOCK * (2**escalation), MAX_BLOCK)
 
 
-def create_block(kind, value, *, reason, rule="", username="", alert=None, now=None):
+class BlockReads:
+    """create_block's reads for many targets at once (a detector's slice of an attack made one
+    locked read per target): the targets' blocks that can matter at `earliest` or later, locked,
+    and the allowlist. Only for calls inside the transaction that made it, with now >= earliest."""
+
+    def __init__(self, targets, earliest):
+        self.targets = {(kind, value, username or "") for kind, value, username in targets}
+        self.earliest = earliest
+        self.blocks = None  # read at the first call that needs it (most re-confirm a known block)
+        self.allowed = None
+
+    def _load(self):
+        from mailadmin.monitoring.models import AllowedNetwork, Block
+
+        if self.blocks is not None:
+            return
+        self.allowed = []
+        for cidr in AllowedNetwork.objects.values_list("cidr", flat=True):
+            try:
+                self.allowed.append(ipaddress.ip_network(cidr, strict=False))
+            except ValueError:
+                continue
+        self.blocks = {key: [] for key in self.targets}
+        for block in (
+            Block.objects.select_for_update()
+            .filter(
+                kind__in=sorted({t[0] for t in self.targets}),
+                value__in=sorted({t[1] for t in self.targets}),
+                expires_at__gte=self.earliest - ESCALATION_MEMORY,
+            )
+            .order_by("pk")
+        ):
+            found = self.blocks.get((block.kind, block.value, block.username))
+            if found is not None:
+                found.append(block)
+
+    def allowlist_covers(self, value: str) -> bool:
+        self._load()
+        return _covered(value, self.allowed)
+
+    def same(self, key, now):
+        """What create_block's locked read of this target would return at `now`."""
+        self._load()
+        same = [b for b in self.blocks[key] if b.expires_at >= now - ESCALATION_MEMORY]
+        return sorted(same, key=lambda b: (-b.expires_at.timestamp(), b.pk))
+
+
+def create_block(kind, value, *, reason, rule="", username="", alert=None, now=None, reads=None):
     """Block a source, escalating repeat offenders (15 min, doubling, at most a week).
 
     Returns the Block, or None when the source is allowlisted. If an active block
     already covers the same target it is returned unchanged (no double escalation
-    while one block is running).
+    while one block is running). `reads`: a BlockReads of the caller's transaction (its one read
+    of many targets answers for this one).
     """
     from mailadmin.monitoring.models import Block
 
@@ -273,18 +321,23 @@ def create_block(kind, value, *, reason, rule="", username="", alert=None, now=N
     known = _recent.get(key)
     if known is not None and known.created <= now < known.expires_at:
         return known
-    if _allowlist_covers(value):
+    if reads is not None and key not in reads.targets:
+        reads = None
+    if reads.allowlist_covers(value) if reads is not None else _allowlist_covers(value):
         return None
     # No savepoint of its own inside the caller's transaction (the detectors'): nothing here
     # is caught and retried, an error fails the caller's transaction either way.
     with transaction.atomic(savepoint=False):
         # One locked read of the target's blocks that can still matter: the running one
         # (expires after now) and the repeat offences (expired within ESCALATION_MEMORY).
-        same = list(
-            Block.objects.select_for_update()
-            .filter(kind=kind, value=value, username=username or "", expires_at__gte=now - ESCALATION_MEMORY)
-            .order_by("-expires_at", "pk")
-        )
+        if reads is not None:
+            same = reads.same(key, now)
+        else:
+            same = list(
+                Block.objects.select_for_update()
+                .filter(kind=kind, value=value, username=username or "", expires_at__gte=now - ESCALATION_MEMORY)
+                .order_by("-expires_at", "pk")
+            )
         active = next((b for b in same if b.lifted_at is None and b.expires_at > now), None)
         if active is not None:
             _remember(key, active)
@@ -301,6 +354,8 @@ def create_block(kind, value, *, reason, rule="", username="", alert=None, now=N
             expires_at=now + block_duration(level),
             escalation=level,
         )
+        if reads is not None:
+            reads.blocks[key].append(block)
     transaction.on_commit(lambda: _remember(key, block))
     return block
 
@@ -315,18 +370,21 @@ def _allowlist_covers(value: str) -> bool:
     """Does an allowlisted network overlap this address or prefix? (Read from the database: authoritative.)"""
     from mailadmin.monitoring.models import AllowedNetwork
 
+    networks = []
+    for cidr in AllowedNetwork.objects.values_list("cidr", flat=True):
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            continue
+    return _covered(value, networks)
+
+
+def _covered(value: str, networks) -> bool:
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
         return False
-    for cidr in AllowedNetwork.objects.values_list("cidr", flat=True):
-        try:
-            allowed = ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            continue
-        if allowed.version == net.version and (allowed.overlaps(net)):
-            return True
-    return False
+    return any(allowed.version == net.version and allowed.overlaps(net) for allowed in networks)
 
 
 def lift_block(block, *, by: str = "", now=None) -> None:

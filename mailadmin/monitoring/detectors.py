@@ -29,7 +29,7 @@ from django.db.models import CharField, Count, JSONField, Max, Min, Q, Sum, Valu
 from django.db.models.functions import Cast, Concat
 
 from mailadmin.monitoring import geo
-from mailadmin.monitoring.blocks import create_block, is_allowlisted
+from mailadmin.monitoring.blocks import BlockReads, create_block, is_allowlisted
 from mailadmin.monitoring.models import (
     FAILURE_RESULTS,
     SEVERITY_RANK,
@@ -354,6 +354,26 @@ def _claim_new_baselines(rows) -> set[str]:
         return {username for (username,) in cursor.fetchall()}
 
 
+def _unnest_arrays(fields, objs) -> tuple[list[str], list[list]]:
+    """(casts, params) for unnest() of these fields' values of objs on PostgreSQL.
+
+    One binary array parameter per column (server-side binding): cheap to send and to
+    parse. JSON columns go as their text (one C json.dumps each) and are cast by the server.
+    """
+    from django.db import connection
+
+    casts, params = [], []
+    for f in fields:
+        values = [getattr(o, f.attname) for o in objs]
+        if isinstance(f, JSONField):
+            casts.append("%b::text[]::jsonb[]")
+            values = [None if v is None else json.dumps(v) for v in values]
+        else:
+            casts.append(f"%b::{f.db_type(connection)}[]")
+        params.append(values)
+    return casts, params
+
+
 def _save_baselines(objs):
     """One INSERT … ON CONFLICT DO UPDATE for every baseline touched by the batch."""
     if not objs:
@@ -371,17 +391,7 @@ def _save_baselines(objs):
     if connection.vendor == "postgresql":
         from mailadmin.monitoring.ingest import bound_cursor
 
-        # One binary array parameter per column (server-side binding): cheap to send and to
-        # parse. JSON columns go as their text (one C json.dumps each) and are cast by the server.
-        casts, params = [], []
-        for f in fields:
-            values = [getattr(o, f.attname) for o in objs]
-            if isinstance(f, JSONField):
-                casts.append("%b::text[]::jsonb[]")
-                values = [None if v is None else json.dumps(v) for v in values]
-            else:
-                casts.append(f"%b::{f.db_type(connection)}[]")
-            params.append(values)
+        casts, params = _unnest_arrays(fields, objs)
         casts = ", ".join(casts)
         with bound_cursor() as cursor:
             # Identifiers and types come from model metadata; every value is a parameter.
@@ -546,40 +556,23 @@ class Detection:
         p = self.params[rule]
         severity = severity or p["severity"]
         window = int(float(p.get("window_minutes", 60)) * 60)
-        cached = self.live.get((rule, entity_key))
-        if cached is not None:
-            fresh = _repeat_alert(
-                cached,
-                severity=severity,
-                ts=self.T,
-                first_seen=first_seen,
-                count=count,
-                window_seconds=window,
-                verdict=verdict,
-                entity=entity,
-                samples=samples,
-            )
-            self.dirty[cached.pk] = cached
+        args = {
+            "severity": severity,
+            "ts": self.T,
+            "first_seen": first_seen,
+            "count": count,
+            "window_seconds": window,
+            "verdict": verdict,
+            "samples": samples,
+        }
+        alert = self.live.get((rule, entity_key))
+        if alert is not None:  # read (and locked) earlier in this slice: updated in memory
+            fresh = _repeat_alert(alert, entity=entity, **args)
+            self.dirty[alert.pk] = alert
             if fresh and self.notify:
-                _notify_on_commit(cached.pk)
-            self.last_fresh = fresh
-            if fresh:
-                self.raised += 1
-            return cached
-        alert, fresh = raise_alert(
-            rule,
-            entity_key,
-            entity,
-            severity=severity,
-            ts=self.T,
-            first_seen=first_seen,
-            count=count,
-            window_seconds=window,
-            verdict=verdict,
-            samples=samples,
-            domain_name=domain_name,
-            notify=self.notify,
-        )
+                _notify_on_commit(alert.pk)
+        else:
+            alert, fresh = raise_alert(rule, entity_key, entity, domain_name=domain_name, notify=self.notify, **args)
         self.live[(rule, entity_key)] = alert  # the row as written: later updates in memory
         self.last_fresh = fresh
         if fresh:
@@ -1214,6 +1207,15 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
     # Asked for all candidates at once (nothing below changes the events it reads).
     shared = _shared_sources("client_ip", [(r["client_ip"], r["ts"], r["username"]) for r, *_by in candidates])
     det.prefetch("success_after_attack", [f"user:{r['username']}" for r, *_by in candidates])
+    # The blocks below, read (and locked) at once: one query instead of one per login.
+    reads = BlockReads(
+        [
+            (Block.Kind.IP, r["client_ip"], "") if by_ip else (Block.Kind.IP_USER, r["client_ip"], r["username"])
+            for (r, by_ip, _by_source, _by_user), is_shared in zip(candidates, shared, strict=True)
+            if not is_shared
+        ],
+        min((r["ts"] for r, *_by in candidates), default=det.T),
+    )
     for (row, by_ip, by_source, by_user), is_shared in zip(candidates, shared, strict=True):
         ip, ts, user = row["client_ip"], row["ts"], row["username"]
         if is_shared:
@@ -1244,6 +1246,7 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
             rule="success_after_attack",
             alert=alert,
             now=ts,
+            reads=reads,
         )
         if block is not None:
             det.set_action(
@@ -1447,18 +1450,10 @@ def _update_alerts(alerts) -> None:
 
     table = connection.ops.quote_name(Alert._meta.db_table)
     fields = [Alert._meta.get_field(n) for n in FLUSHED]
-    casts, params, sets = ["%b::bigint[]"], [[a.pk for a in alerts]], []
-    for f in fields:
-        values = [getattr(a, f.attname) for a in alerts]
-        if isinstance(f, JSONField):
-            casts.append("%b::text[]::jsonb[]")
-            values = [None if v is None else json.dumps(v) for v in values]
-        else:
-            casts.append(f"%b::{f.db_type(connection)}[]")
-        params.append(values)
-        column = connection.ops.quote_name(f.column)
-        sets.append(f"{column} = v.{column}")
-    columns = ", ".join(["id", *(connection.ops.quote_name(f.column) for f in fields)])
+    casts, params = _unnest_arrays([Alert._meta.pk, *fields], alerts)
+    quoted = [connection.ops.quote_name(f.column) for f in fields]
+    sets = [f"{column} = v.{column}" for column in quoted]
+    columns = ", ".join(["id", *quoted])
     with bound_cursor() as cursor:
         # Identifiers and types come from model metadata; every value is a parameter.
         cursor.execute(
