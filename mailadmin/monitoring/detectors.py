@@ -520,6 +520,16 @@ class Detection:
         self.live: dict = {}
         # pk → alert whose UPDATED_ON_REPEAT and action columns are still to be written (flush).
         self.dirty: dict = {}
+        self.raised_ids: list = []  # to notify after commit, in one go
+
+    def _notify(self, alert_id):
+        if not self.notify:
+            return
+        if not self.raised_ids:
+            from mailadmin.monitoring import notify as notify_mod
+
+            transaction.on_commit(lambda ids=self.raised_ids: notify_mod.alerts_raised(ids))
+        self.raised_ids.append(alert_id)
 
     def _resolve_first(self):
         if not self.resolved:
@@ -569,10 +579,13 @@ class Detection:
         if alert is not None:  # read (and locked) earlier in this slice: updated in memory
             fresh = _repeat_alert(alert, entity=entity, **args)
             self.dirty[alert.pk] = alert
-            if fresh and self.notify:
-                _notify_on_commit(alert.pk)
         else:
-            alert, fresh = raise_alert(rule, entity_key, entity, domain_name=domain_name, notify=self.notify, **args)
+            absent = (rule, entity_key) in self.live  # prefetched: none live
+            alert, fresh = raise_alert(
+                rule, entity_key, entity, domain_name=domain_name, notify=False, absent=absent, **args
+            )
+        if fresh:
+            self._notify(alert.pk)
         self.live[(rule, entity_key)] = alert  # the row as written: later updates in memory
         self.last_fresh = fresh
         if fresh:
@@ -1477,18 +1490,20 @@ def raise_alert(
     samples,
     domain_name="",
     notify=True,
+    absent=False,
 ):
     """Open a new alert or update the live one for (rule, entity). Returns (alert, is_new_or_escalated).
 
     count > 0 is the rule's count over its window (kept as a maximum); count < 0 adds -count.
+    absent: this transaction has read already that none is live (a concurrent insert is still caught).
     """
     quiet = dt.timedelta(seconds=max(window_seconds, 600) * 2)
     entity = {k: v for k, v in entity.items() if v not in (None, "")}
     # A savepoint only around the INSERT (what a concurrent worker can make fail): the
     # common case, updating the live alert, costs no SAVEPOINT/RELEASE round trips.
     with transaction.atomic(savepoint=False):
-        for _attempt in range(3):
-            alert = _live_alert_for_update(rule, entity_key)
+        for attempt in range(3):
+            alert = None if absent and attempt == 0 else _live_alert_for_update(rule, entity_key)
             if alert is None:
                 try:
                     with transaction.atomic():
@@ -1523,7 +1538,9 @@ def raise_alert(
                 )
                 _update_alert(alert.pk, **{n: getattr(alert, n) for n in UPDATED_ON_REPEAT})  # set just above
             if fresh and notify:
-                _notify_on_commit(alert.pk)
+                from mailadmin.monitoring import notify as notify_mod
+
+                transaction.on_commit(lambda alert_id=alert.pk: notify_mod.alert_raised(alert_id))
             return alert, fresh
     raise RuntimeError(f"could not raise alert {rule} {entity_key}")
 
@@ -1545,12 +1562,6 @@ def _repeat_alert(alert, *, severity, ts, first_seen, count, window_seconds, ver
     new = [s for s in samples if (s.get("ts"), s.get("ip"), s.get("username")) not in seen]
     alert.evidence = (alert.evidence + new)[:MAX_EVIDENCE]
     return fresh
-
-
-def _notify_on_commit(alert_id):
-    from mailadmin.monitoring import notify as notify_mod
-
-    transaction.on_commit(lambda: notify_mod.alert_raised(alert_id))
 
 
 def auto_resolve(now) -> int:

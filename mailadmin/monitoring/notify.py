@@ -42,9 +42,10 @@ def recipients_for(alert: Alert) -> list[str]:
     return sorted(emails)
 
 
-def alert_raised(alert_id: int) -> None:
-    """Called (after commit) when an alert opens or its severity rises."""
-    alert = Alert.objects.filter(pk=alert_id).first()
+def alert_raised(alert_id: int, alert: Alert | None = None) -> None:
+    """Called (after commit) when an alert opens or its severity rises (`alert`: read already)."""
+    if alert is None:
+        alert = Alert.objects.filter(pk=alert_id).first()
     if alert is None:
         return
     if alert.severity in IMMEDIATE:
@@ -59,6 +60,14 @@ def alert_raised(alert_id: int) -> None:
         from mailadmin.monitoring.tasks import send_owner_notice
 
         send_owner_notice.delay(alert_id)
+
+
+def alerts_raised(alert_ids: list[int]) -> None:
+    """alert_raised for each of these (in order, repeats too), the alerts read in one query."""
+    alerts = Alert.objects.in_bulk(set(alert_ids))
+    for alert_id in alert_ids:
+        if alert_id in alerts:
+            alert_raised(alert_id, alerts[alert_id])
 
 
 def _queue_digest(email, alert, digest, now=None):
