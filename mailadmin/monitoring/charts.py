@@ -292,28 +292,42 @@ def window_for(user, tr: TimeRange) -> Window | None:
     return Window(tr.preset, version, scopes, spans)
 
 
+def global_rows(dimensions, start: dt.datetime, end: dt.datetime, sign: int = 1):
+    """SQL parts (to join with UNION ALL) and params: rows (dimension, key, failures, attacks,
+    total) × sign of server-wide dimensions over [start, end) — hourly rollups for the whole
+    hours, minute rollups for the rest (listeners: the events; they have no minute rollups).
+    What window spans and the windows' folds read (mailadmin.monitoring.windows)."""
+    quote = connection.ops.quote_name
+    parts, params = [], []
+    for table, column, a, b in _pieces_between(start, end):
+        dims = list(dimensions)
+        if table == Rollup._meta.db_table and HourlyRollup.LISTENER in dims:
+            dims.remove(HourlyRollup.LISTENER)
+            parts.append(
+                f"SELECT '{HourlyRollup.LISTENER}', {windows.EVENT_KEYS[HourlyRollup.LISTENER]}, "  # noqa: S608
+                f"{windows.sums_sql('e.result', str(int(sign)))} "
+                "FROM monitoring_authevent e WHERE e.ts >= %s AND e.ts < %s"
+            )
+            params += [a, b]
+        if dims:
+            sums = windows.sums_sql("result", f"{int(sign)} * {quote('count')}")
+            parts.append(
+                f"SELECT dimension, key, {sums} FROM {quote(table)} "  # noqa: S608 - metadata, constants
+                f"WHERE dimension IN ({', '.join(['%s'] * len(dims))}) AND {column} >= %s AND {column} < %s"
+            )
+            params += [*dims, a, b]
+    return parts, params
+
+
 def _span_rows(w: Window, dimension: str):
     """SQL rows (key, f, a, t): failures, attacks and attempts to add (or subtract) to the
     window's totals for the range — from the rollups (every domain) or the domains' events."""
-    count = connection.ops.quote_name("count")
     parts, params = [], []
     for start, end, sign in w.spans:
         if w.scopes is None:
-            for table, column, a, b in _pieces_between(start, end):
-                if table == Rollup._meta.db_table and dimension == HourlyRollup.LISTENER:
-                    # No minute rollups of listeners: those minutes come from the events.
-                    parts.append(
-                        f"SELECT {windows.EVENT_KEYS[dimension]}, {windows.sums_sql('e.result', str(sign))} "  # noqa: S608
-                        "FROM monitoring_authevent e WHERE e.ts >= %s AND e.ts < %s"
-                    )
-                    params += [a, b]
-                    continue
-                sums = windows.sums_sql("result", f"{sign} * {count}")
-                parts.append(
-                    f"SELECT key, {sums} FROM {connection.ops.quote_name(table)} "  # noqa: S608 - metadata, constants
-                    f"WHERE dimension = %s AND {column} >= %s AND {column} < %s"
-                )
-                params += [dimension, a, b]
+            rows, row_params = global_rows([dimension], start, end, sign)
+            parts += [f"SELECT key, f, a, t FROM ({row}) AS g (dimension, key, f, a, t)" for row in rows]  # noqa: S608
+            params += row_params
         else:
             parts.append(
                 f"SELECT {windows.EVENT_KEYS[dimension]}, {windows.sums_sql('e.result', str(sign))} "  # noqa: S608
