@@ -226,3 +226,35 @@ def test_advancing_the_24h_window_quarter_by_quarter_with_live_events_equals_a_r
     state = WindowState.objects.get(preset="24h")
     windows.rebuild("24h", state.first, state.cut)
     assert totals() == stepped
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("preset", windows.WINDOWS)
+def test_a_fragment_reads_each_dimensions_spans_once(superadmin, admin_a, login_as, now, preset):
+    """Top IPs and the attacking-IP counter share one query over the IP spans (and the window's
+    rows for them); the fragment still shows what the events say."""
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.urls import reverse
+
+    at = now  # what the view's range is computed from
+    ingest(*month_of_events(at, n=250, seed=41))
+    windows.advance(at)
+    tr = charts.preset_range(preset, at)
+    for user, domains in ((superadmin, ()), (admin_a, ("a.example",))):
+        want = expected(tr, *domains)
+        client = login_as(user)
+        cache.clear()
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(reverse("monitoring:overview_fragment"), {"range": preset})
+        assert response.status_code == 200
+        assert response.context["counters"]["attacking_ips"] == want["attacking_ips"]
+        table = next(t for t in response.context["tables"] if t.name == "top_ips")
+        assert [(r[0], r[3], r[4]) for r in table.rows] == want["top_ips"]
+        # One query per dimension ranked from one scope's window (IPs, mailboxes, mechanisms,
+        # countries); the attacking IPs come with the IPs' query, not from a query of their own.
+        sql = [q["sql"] for q in queries.captured_queries]
+        ranked = [q for q in sql if "WITH d AS (SELECT key, SUM(f) AS f, SUM(a) AS a" in q]
+        assert len(ranked) == 4, ranked
+        assert sum("'attackers'" in q for q in sql) == sum("'attackers'" in q for q in ranked) == 1
