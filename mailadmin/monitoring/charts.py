@@ -259,6 +259,9 @@ class Window:
     version: int
     scopes: list[str] | None  # None: every domain; else the user's domains
     spans: list[tuple[dt.datetime, dt.datetime, int]]  # (start, end, +1/-1) to add to the sums
+    # Results of queries over this window, kept for the request (window_top of one scope):
+    # top IPs and the counters' attacking IPs share one read of the IP spans.
+    memo: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 def window_for(user, tr: TimeRange) -> Window | None:
@@ -276,6 +279,16 @@ def window_for(user, tr: TimeRange) -> Window | None:
     state = states[tr.preset]
     if state is None:
         return None
+    # One Window per range and request, so that its memo is shared by the charts of a fragment.
+    made = getattr(user, "_monitoring_window_objects", None)
+    if made is None:
+        made = user._monitoring_window_objects = {}
+    if (tr, state) not in made:
+        made[(tr, state)] = _make_window(user, tr, state)
+    return made[(tr, state)]
+
+
+def _make_window(user, tr: TimeRange, state) -> Window | None:
     version, first, cut = state
     if not (first < cut and first < tr.end and cut > tr.start):
         return None
@@ -292,28 +305,42 @@ def window_for(user, tr: TimeRange) -> Window | None:
     return Window(tr.preset, version, scopes, spans)
 
 
+def global_rows(dimensions, start: dt.datetime, end: dt.datetime, sign: int = 1):
+    """SQL parts (to join with UNION ALL) and params: rows (dimension, key, failures, attacks,
+    total) × sign of server-wide dimensions over [start, end) — hourly rollups for the whole
+    hours, minute rollups for the rest (listeners: the events; they have no minute rollups).
+    What window spans and the windows' folds read (mailadmin.monitoring.windows)."""
+    quote = connection.ops.quote_name
+    parts, params = [], []
+    for table, column, a, b in _pieces_between(start, end):
+        dims = list(dimensions)
+        if table == Rollup._meta.db_table and HourlyRollup.LISTENER in dims:
+            dims.remove(HourlyRollup.LISTENER)
+            parts.append(
+                f"SELECT '{HourlyRollup.LISTENER}', {windows.EVENT_KEYS[HourlyRollup.LISTENER]}, "  # noqa: S608
+                f"{windows.sums_sql('e.result', str(int(sign)))} "
+                "FROM monitoring_authevent e WHERE e.ts >= %s AND e.ts < %s"
+            )
+            params += [a, b]
+        if dims:
+            sums = windows.sums_sql("result", f"{int(sign)} * {quote('count')}")
+            parts.append(
+                f"SELECT dimension, key, {sums} FROM {quote(table)} "  # noqa: S608 - metadata, constants
+                f"WHERE dimension IN ({', '.join(['%s'] * len(dims))}) AND {column} >= %s AND {column} < %s"
+            )
+            params += [*dims, a, b]
+    return parts, params
+
+
 def _span_rows(w: Window, dimension: str):
     """SQL rows (key, f, a, t): failures, attacks and attempts to add (or subtract) to the
     window's totals for the range — from the rollups (every domain) or the domains' events."""
-    count = connection.ops.quote_name("count")
     parts, params = [], []
     for start, end, sign in w.spans:
         if w.scopes is None:
-            for table, column, a, b in _pieces_between(start, end):
-                if table == Rollup._meta.db_table and dimension == HourlyRollup.LISTENER:
-                    # No minute rollups of listeners: those minutes come from the events.
-                    parts.append(
-                        f"SELECT {windows.EVENT_KEYS[dimension]}, {windows.sums_sql('e.result', str(sign))} "  # noqa: S608
-                        "FROM monitoring_authevent e WHERE e.ts >= %s AND e.ts < %s"
-                    )
-                    params += [a, b]
-                    continue
-                sums = windows.sums_sql("result", f"{sign} * {count}")
-                parts.append(
-                    f"SELECT key, {sums} FROM {connection.ops.quote_name(table)} "  # noqa: S608 - metadata, constants
-                    f"WHERE dimension = %s AND {column} >= %s AND {column} < %s"
-                )
-                params += [dimension, a, b]
+            rows, row_params = global_rows([dimension], start, end, sign)
+            parts += [f"SELECT key, f, a, t FROM ({row}) AS g (dimension, key, f, a, t)" for row in rows]  # noqa: S608
+            params += row_params
         else:
             parts.append(
                 f"SELECT {windows.EVENT_KEYS[dimension]}, {windows.sums_sql('e.result', str(sign))} "  # noqa: S608
@@ -359,62 +386,83 @@ def window_top(w: Window, dimension: str, limit: int | None = TOP_LIMIT) -> list
     its count is its window count. Several domains: every key of theirs is summed.
     """
     scope = _single_scope(w)
-    if limit is None or scope is None:
-        union, params = _window_union(w, dimension)
-        sql = (
-            f"SELECT key, SUM(f) AS n FROM ({union}) AS r (key, f, a, t) "  # noqa: S608 - built from constants
-            "GROUP BY key HAVING SUM(f) > 0 ORDER BY n DESC, key"
-        )
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-    else:
-        spans, span_params = _span_rows(w, dimension)
-        sql = f"""
-        WITH d AS (SELECT key, SUM(f) AS f FROM ({spans}) AS s (key, f, a, t) GROUP BY key),
-        c AS (
-            (SELECT key FROM monitoring_windowtotal WHERE preset = %s AND scope = %s AND dimension = %s
-             ORDER BY failures DESC, key LIMIT %s + (SELECT count(*) FROM d WHERE f < 0))
-            UNION SELECT key FROM d
-        )
-        SELECT c.key, COALESCE(w.failures, 0) + COALESCE(d.f, 0) AS n FROM c
-        LEFT JOIN monitoring_windowtotal w
-            ON w.preset = %s AND w.scope = %s AND w.dimension = %s AND w.key = c.key AND w.sub = ''
-        LEFT JOIN d ON d.key = c.key
-        WHERE COALESCE(w.failures, 0) + COALESCE(d.f, 0) > 0
-        ORDER BY n DESC, c.key LIMIT %s
-        """  # noqa: S608 - built from constants
-        params = [*span_params, w.name, scope, dimension, limit, w.name, scope, dimension, limit]
+    if limit is not None and scope is not None:
+        return _window_top_of_scope(w, scope, dimension, limit)[0]
+    union, params = _window_union(w, dimension)
+    sql = (
+        f"SELECT key, SUM(f) AS n FROM ({union}) AS r (key, f, a, t) "  # noqa: S608 - built from constants
+        "GROUP BY key HAVING SUM(f) > 0 ORDER BY n DESC, key"
+    )
+    if limit is not None:
+        sql += " LIMIT %s"
+        params.append(limit)
     rows = _window_fetch(w, sql, params)
     return None if rows is None else [(key, int(n)) for key, n in rows]
+
+
+def _window_top_of_scope(w: Window, scope: str, dimension: str, limit: int):
+    """(top keys as window_top returns them, attacking IPs) of one scope, or (None, None) if the
+    window changed meanwhile. Attacking IPs only for the IP dimension (else None).
+
+    The spans of the dimension are summed and matched with the window's rows once (j): the
+    top keys are the window's busiest `limit` keys the spans do not touch (plus one per key
+    the spans lower) and every key in the spans; the attacking IPs are the window's count,
+    corrected for the IPs the spans bring in or take out. Kept in the Window's memo, so a
+    fragment's top IPs and counters read the IP spans once.
+    """
+    memo_key = ("top", dimension, limit)
+    if memo_key in w.memo:
+        return w.memo[memo_key]
+    spans, span_params = _span_rows(w, dimension)
+    sql = f"""
+    WITH d AS (SELECT key, SUM(f) AS f, SUM(a) AS a FROM ({spans}) AS s (key, f, a, t) GROUP BY key),
+    j AS (
+        SELECT d.key, d.f, d.a, COALESCE(w.failures, 0) AS wf, COALESCE(w.attacks, 0) AS wa FROM d
+        LEFT JOIN monitoring_windowtotal w ON w.preset = %s AND w.scope = %s AND w.dimension = %s
+            AND w.key = d.key AND w.sub = ''
+    ),
+    c AS (
+        SELECT t.key, t.failures AS n FROM (
+            SELECT key, failures FROM monitoring_windowtotal WHERE preset = %s AND scope = %s AND dimension = %s
+            ORDER BY failures DESC, key LIMIT %s + (SELECT count(*) FROM d WHERE f < 0)
+        ) AS t WHERE NOT EXISTS (SELECT 1 FROM d WHERE d.key = t.key)
+        UNION ALL SELECT key, wf + f FROM j
+    )
+    SELECT i, key, n FROM (
+        SELECT row_number() OVER (ORDER BY n DESC, key) AS i, key, n FROM c WHERE n > 0 ORDER BY n DESC, key LIMIT %s
+    ) AS top
+    """  # noqa: S608 - built from constants
+    params = [*span_params, w.name, scope, dimension, w.name, scope, dimension, limit, limit]
+    if dimension == Rollup.Dimension.IP:
+        sql += f"""
+        UNION ALL SELECT 0, NULL, COALESCE((SELECT SUM(total) FROM monitoring_windowtotal
+            WHERE preset = %s AND scope = %s AND dimension = '{windows.ATTACKERS}' AND key = '' AND sub = ''), 0)
+            + (SELECT count(*) FROM j WHERE wa <= 0 AND wa + a > 0)
+            - (SELECT count(*) FROM j WHERE wa > 0 AND wa + a <= 0)
+        """  # noqa: S608 - built from constants
+        params += [w.name, scope]
+    rows = _window_fetch(w, sql + " ORDER BY i", params)
+    if rows is None:
+        result = (None, None)
+    elif dimension == Rollup.Dimension.IP:
+        result = ([(key, int(n)) for _i, key, n in rows[1:]], int(rows[0][2]))
+    else:
+        result = ([(key, int(n)) for _i, key, n in rows], None)
+    w.memo[memo_key] = result
+    return result
 
 
 def window_attackers(w: Window) -> int | None:
     """Distinct IPs with at least one FAILURE_RESULTS attempt in the range.
 
-    One scope: the window's count, corrected for the IPs the spans bring in or take out.
+    One scope: the window's count, corrected for the IPs the spans bring in or take out
+    (computed with the top IPs, _window_top_of_scope).
     """
     scope = _single_scope(w)
-    if scope is None:
-        union, params = _window_union(w, Rollup.Dimension.IP)
-        sql = (
-            f"SELECT count(*) FROM (SELECT key FROM ({union}) AS r (key, f, a, t) GROUP BY key HAVING SUM(a) > 0) AS k"  # noqa: S608
-        )
-    else:
-        spans, span_params = _span_rows(w, Rollup.Dimension.IP)
-        sql = f"""
-        WITH d AS (SELECT key, SUM(a) AS a FROM ({spans}) AS s (key, f, a, t) GROUP BY key),
-        j AS (
-            SELECT COALESCE(w.attacks, 0) AS before, COALESCE(w.attacks, 0) + d.a AS after FROM d
-            LEFT JOIN monitoring_windowtotal w
-                ON w.preset = %s AND w.scope = %s AND w.dimension = 'ip' AND w.key = d.key AND w.sub = ''
-        )
-        SELECT COALESCE((SELECT SUM(total) FROM monitoring_windowtotal WHERE preset = %s AND scope = %s
-                         AND dimension = '{windows.ATTACKERS}' AND key = '' AND sub = ''), 0)
-            + (SELECT count(*) FROM j WHERE before <= 0 AND after > 0)
-            - (SELECT count(*) FROM j WHERE before > 0 AND after <= 0)
-        """  # noqa: S608 - built from constants
-        params = [*span_params, w.name, scope, w.name, scope]
+    if scope is not None:
+        return _window_top_of_scope(w, scope, Rollup.Dimension.IP, TOP_LIMIT)[1]
+    union, params = _window_union(w, Rollup.Dimension.IP)
+    sql = f"SELECT count(*) FROM (SELECT key FROM ({union}) AS r (key, f, a, t) GROUP BY key HAVING SUM(a) > 0) AS k"  # noqa: S608
     rows = _window_fetch(w, sql, params)
     return None if rows is None else int(rows[0][0])
 

@@ -1,16 +1,16 @@
-"""Window totals: per-key sums over the whole hours of the overview's long preset ranges.
+"""Window totals: per-key sums over the whole grains of the overview's long preset ranges.
 
 The overview ranks IPs, mailboxes, … over 24 h, 7 d and 30 d. Summing hour rows per key
 costs ~700 k rows for 30 days of a busy server; WindowTotal keeps, per preset range, one
-row per key with the sums over the hours [first, cut) of a WindowState. Charts add the
-rest of their exact range (the partial hours at the ends, the hours since `cut`, minus
-hours the window still holds at its start) from the rollups or events, so every number
-stays exactly what the events say (mailadmin.monitoring.charts).
+row per key with the sums over [first, cut) of a WindowState, in whole grains (GRAIN: quarter
+hours for 24 h, hours for 7 d / 30 d). Charts add the rest of their exact range (the time
+since `cut`, minus time the window still holds at its start) from the rollups or events, so
+every number stays exactly what the events say (mailadmin.monitoring.charts).
 
 Maintenance (PostgreSQL only; elsewhere the charts read the rollups):
-- advance() — the beat task monitoring.advance_windows, every minute — adds the hours
-  that ended FOLD_DELAY ago and subtracts the hours that left the range;
-- ingest calls note_late() with each batch: events of an hour already folded in
+- advance() — the beat task monitoring.advance_windows, every minute — adds the grains
+  that ended FOLD_DELAY ago and subtracts the grains that left the range;
+- ingest calls note_late() with each batch: events of a grain already folded in
   (replay, a batch delayed beyond FOLD_DELAY) are added to the windows right there, in
   ingest's transaction, with the derived rows (users tried, attacking IPs).
 """
@@ -28,13 +28,20 @@ from mailadmin.monitoring.models import FAILURE_RESULTS, Result, WindowState
 log = logging.getLogger(__name__)
 
 HOUR = dt.timedelta(hours=1)
+QUARTER = dt.timedelta(minutes=15)
 WINDOWS = ("24h", "7d", "30d")
-# An hour is folded in this long after it ended. Until then the charts read it as a span (an
-# hour of rollup rows per chart): short, so that cost lasts minutes per hour, not a sixth of it.
+# What a window folds in and out at a time. The 24 h range starts and ends at a quarter hour:
+# folded by quarter hours, its spans are the quarter hours since the last fold (≤ 15 min +
+# FOLD_DELAY + the current, incomplete quarter) and nothing at its start; by hours they were up
+# to 30 minutes at the start plus the hour since the last fold. The quarter hours come from the
+# minute rollups, whole hours from the hourly ones. 7 d / 30 d ranges start at an hour.
+GRAIN = {"24h": QUARTER, "7d": HOUR, "30d": HOUR}
+FINEST_GRAIN = min(GRAIN.values())
+# A grain is folded in this long after it ended. Until then the charts read it as a span.
 # Events arriving later are added by ingest (note_late).
 FOLD_DELAY = dt.timedelta(minutes=3)
 # Ingest checks batches with events this close to being foldable (longer than a batch's
-# transaction lasts), so an advance() never folds an hour under an uncommitted batch.
+# transaction lasts), so an advance() never folds a grain under an uncommitted batch.
 LATE_MARGIN = dt.timedelta(minutes=1)
 MAX_STEP = dt.timedelta(hours=48)  # a window further behind than this is rebuilt
 
@@ -66,35 +73,41 @@ def sums_sql(result: str, n: str) -> str:
     )
 
 
-def _fold_sql() -> str:
-    """Rows (scope, dimension, key, sub, failures, attacks, total) of the hours [%(a)s, %(b)s)."""
+def _fold_sql(a: dt.datetime, b: dt.datetime) -> tuple[str, list]:
+    """Rows (scope, dimension, key, sub, failures, attacks, total) of [a, b) and their params:
+    the server-wide scope "" from the rollups (hourly for whole hours, minute rows for quarter
+    hours), every domain from the events."""
+    from mailadmin.monitoring.charts import global_rows
+
+    rows, params = global_rows(GLOBAL_DIMENSIONS, a, b)
     per_domain = ", ".join(f"(false, '{dim}', {EVENT_KEYS[dim]}, '')" for dim in DOMAIN_DIMENSIONS)
-    return f"""
-    SELECT '' AS scope, dimension, key, '' AS sub, {sums_sql("result", "count")}
-    FROM monitoring_hourlyrollup
-    WHERE dimension IN ({", ".join(f"'{d}'" for d in GLOBAL_DIMENSIONS)}) AND hour >= %(a)s AND hour < %(b)s
+    sql = f"""
+    SELECT '' AS scope, dimension, key, '' AS sub, f, a, t
+    FROM ({" UNION ALL ".join(rows)}) AS g (dimension, key, f, a, t)
     UNION ALL
     SELECT e.domain_name, d.dimension, d.key, d.sub,
         {sums_sql("e.result", "1")}
     FROM monitoring_authevent e
     CROSS JOIN LATERAL (VALUES (true, 'ipuser', host(e.client_ip), e.username), {per_domain})
         AS d (pair, dimension, key, sub)
-    WHERE e.ts >= %(a)s AND e.ts < %(b)s AND (d.pair OR e.domain_name <> '')
+    WHERE e.ts >= %s AND e.ts < %s AND (d.pair OR e.domain_name <> '')
     """  # noqa: S608 - only constants of this module are interpolated
+    return sql, [*params, a, b]
 
 
 def _fold(window: str, a: dt.datetime, b: dt.datetime, sign: int, *, whole=False) -> None:
-    """Add (sign 1) or subtract (sign -1) the hours [a, b) to a window's totals.
+    """Add (sign 1) or subtract (sign -1) the time [a, b) to a window's totals.
 
     whole: the window was empty before (a rebuild): the derived rows are counted over all
     its rows at once instead of for the IPs of these hours.
     """
     if a >= b:
         return
+    rows, row_params = _fold_sql(a, b)
     sql = f"""
     INSERT INTO monitoring_windowtotal (preset, scope, dimension, key, sub, failures, attacks, total)
-    SELECT %(window)s, scope, dimension, key, sub, %(sign)s * sum(f), %(sign)s * sum(a), %(sign)s * sum(t)
-    FROM ({_fold_sql()}) AS x (scope, dimension, key, sub, f, a, t)
+    SELECT %s, scope, dimension, key, sub, %s * sum(f), %s * sum(a), %s * sum(t)
+    FROM ({rows}) AS x (scope, dimension, key, sub, f, a, t)
     GROUP BY scope, dimension, key, sub
     ORDER BY scope, dimension, key, sub
     ON CONFLICT (preset, scope, dimension, key, sub) DO UPDATE SET
@@ -102,9 +115,9 @@ def _fold(window: str, a: dt.datetime, b: dt.datetime, sign: int, *, whole=False
         attacks = monitoring_windowtotal.attacks + EXCLUDED.attacks,
         total = monitoring_windowtotal.total + EXCLUDED.total
     """  # noqa: S608
-    params = {"window": window, "a": a, "b": b, "sign": sign}
+    params = {"window": window, "a": a, "b": b}
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, [window, sign, sign, sign, *row_params])
         if sign < 0:
             cursor.execute("DELETE FROM monitoring_windowtotal WHERE preset = %s AND total <= 0", [window])
         # Derived rows: users tried per (domain, IP) for the IPs of these hours, attacking IPs per scope.
@@ -147,13 +160,14 @@ def _fold(window: str, a: dt.datetime, b: dt.datetime, sign: int, *, whole=False
 
 
 def bounds(window: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """The hours [first, cut) a window should hold at `now`."""
+    """The time [first, cut) a window should hold at `now`, in whole grains."""
     from mailadmin.monitoring.charts import floor_to, preset_range
 
     tr = preset_range(window, now)
-    # The hour nearest the range's start (24 h: it starts at a quarter hour): the charts add or
-    # take out at most 30 minutes of minute rows there.
-    return floor_to(tr.start + HOUR / 2, HOUR), floor_to(now - FOLD_DELAY, HOUR)
+    grain = GRAIN[window]
+    # The grain boundary nearest the range's start (the range's start itself: every preset
+    # range starts at a multiple of its window's grain).
+    return floor_to(tr.start + grain / 2, grain), floor_to(now - FOLD_DELAY, grain)
 
 
 def rebuild(window: str, first: dt.datetime, cut: dt.datetime) -> None:
@@ -164,7 +178,7 @@ def rebuild(window: str, first: dt.datetime, cut: dt.datetime) -> None:
 
 
 def advance(now: dt.datetime | None = None) -> dict:
-    """Bring every window to the hours it should hold now (the beat task)."""
+    """Bring every window to the grains it should hold now (the beat task)."""
     if connection.vendor != "postgresql":
         return {}
     now = now or timezone.now()
@@ -198,16 +212,18 @@ def advance(now: dt.datetime | None = None) -> dict:
 def note_late(rows: list[dict], now: dt.datetime | None = None) -> None:
     """Called by ingest, in its transaction, with the events it just inserted.
 
-    Events of hours a window has already folded in (replay, a batch delayed past
+    Events of grains a window has already folded in (replay, a batch delayed past
     FOLD_DELAY) are added to that window here, with its derived rows, so the window
-    stays exact without a rebuild. Live batches carry only events of the current hour
-    (or the previous one within FOLD_DELAY): for them this is one comparison.
+    stays exact without a rebuild. Live batches carry only events of the current quarter
+    hour (or the previous one within FOLD_DELAY): for them this is one comparison.
     """
     if not rows or connection.vendor != "postgresql":
         return
+    from mailadmin.monitoring.charts import floor_to
+
     oldest = min(row["ts"] for row in rows)
     now = now or timezone.now()
-    if oldest >= (now - FOLD_DELAY + LATE_MARGIN).replace(minute=0, second=0, microsecond=0):
+    if oldest >= floor_to(now - FOLD_DELAY + LATE_MARGIN, FINEST_GRAIN):
         return
     # Lock first (every row, in one order): an advance() in progress finishes before we
     # look, and one that starts after us waits for our commit and then sees our events.

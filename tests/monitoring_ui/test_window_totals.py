@@ -181,15 +181,80 @@ def test_advancing_windows_hour_by_hour_equals_a_rebuild(superadmin, admin_a, no
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("minute", [1, 5, 20, 35, 50])
+@pytest.mark.parametrize("minute", [1, 5, 14, 17, 20, 35, 50])
 def test_windows_are_exact_at_every_quarter_and_right_after_the_hour(superadmin, admin_a, now, minute):
-    """The window starts at the hour nearest the 24 h range's start (spans add or take out up
-    to 30 minutes) and folds an hour FOLD_DELAY after it ended: exact at any minute."""
+    """The 24 h window holds quarter hours from the range's start (no span there) and folds a
+    quarter hour FOLD_DELAY after it ended (a span of at most 15 minutes + FOLD_DELAY + the
+    current quarter at the end); 7 d / 30 d hold hours. Exact at any minute."""
     at = now.replace(minute=minute, second=30)
     ingest(*month_of_events(at, n=250, seed=minute))
     windows.advance(at)
-    first, cut = windows.bounds("24h", at)
-    start = charts.preset_range("24h", at).start
-    assert abs(first - start) <= dt.timedelta(minutes=30)
-    assert cut == charts.floor_to(at - windows.FOLD_DELAY, windows.HOUR)
+    for preset in windows.WINDOWS:
+        tr = charts.preset_range(preset, at)
+        first, cut = windows.bounds(preset, at)
+        assert first == tr.start, preset
+        assert cut == charts.floor_to(at - windows.FOLD_DELAY, windows.GRAIN[preset]), preset
+        w = charts.window_for(fresh(superadmin), tr)
+        assert [(a, b, sign) for a, b, sign in w.spans] == [(cut, tr.end, 1)], preset
+    day = charts.preset_range("24h", at)
+    assert day.end - windows.bounds("24h", at)[1] <= 2 * windows.QUARTER + windows.FOLD_DELAY
     assert_exact(superadmin, admin_a, at)
+
+
+@pytest.mark.django_db
+def test_advancing_the_24h_window_quarter_by_quarter_with_live_events_equals_a_rebuild(superadmin, admin_a, now):
+    """Minute by minute for 80 minutes, with a live batch each minute: the 24 h window folds a
+    quarter hour in (minute rollups) and one out (the range's start) each quarter, and stays
+    equal to a rebuild and to the events, a delayed batch included (ingest's note_late)."""
+    start = now.replace(minute=2, second=0, microsecond=0) - dt.timedelta(hours=2)
+    ingest(*month_of_events(start, n=300, seed=23))
+    rng = random.Random(29)
+    windows.advance(start)
+    steps = Counter()
+    for minute in range(1, 81):
+        at = start + dt.timedelta(minutes=minute)
+        ingest(*[_random_event(rng, at - dt.timedelta(seconds=s)) for s in range(0, 60, 20)])
+        if minute == 50:  # a delayed batch of a quarter hour the 24 h window holds, 7 d not yet
+            ingest(*[_random_event(rng, at - dt.timedelta(minutes=25, seconds=s)) for s in range(0, 60, 10)])
+        steps[windows.advance(at)["24h"]] += 1
+        if minute % 20 == 7:
+            tr = charts.preset_range("24h", at)
+            assert shown(superadmin, tr) == expected(tr), at
+            assert shown(admin_a, tr) == expected(tr, "a.example"), at
+    assert steps["advanced"] >= 5 and not steps["rebuilt"]
+    stepped = totals()
+    state = WindowState.objects.get(preset="24h")
+    windows.rebuild("24h", state.first, state.cut)
+    assert totals() == stepped
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("preset", windows.WINDOWS)
+def test_a_fragment_reads_each_dimensions_spans_once(superadmin, admin_a, login_as, now, preset):
+    """Top IPs and the attacking-IP counter share one query over the IP spans (and the window's
+    rows for them); the fragment still shows what the events say."""
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.urls import reverse
+
+    at = now  # what the view's range is computed from
+    ingest(*month_of_events(at, n=250, seed=41))
+    windows.advance(at)
+    tr = charts.preset_range(preset, at)
+    for user, domains in ((superadmin, ()), (admin_a, ("a.example",))):
+        want = expected(tr, *domains)
+        client = login_as(user)
+        cache.clear()
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(reverse("monitoring:overview_fragment"), {"range": preset})
+        assert response.status_code == 200
+        assert response.context["counters"]["attacking_ips"] == want["attacking_ips"]
+        table = next(t for t in response.context["tables"] if t.name == "top_ips")
+        assert [(r[0], r[3], r[4]) for r in table.rows] == want["top_ips"]
+        # One query per dimension ranked from one scope's window (IPs, mailboxes, mechanisms,
+        # countries); the attacking IPs come with the IPs' query, not from a query of their own.
+        sql = [q["sql"] for q in queries.captured_queries]
+        ranked = [q for q in sql if "WITH d AS (SELECT key, SUM(f) AS f, SUM(a) AS a" in q]
+        assert len(ranked) == 4, ranked
+        assert sum("'attackers'" in q for q in sql) == sum("'attackers'" in q for q in ranked) == 1
