@@ -531,7 +531,7 @@ def probably_cached(username: str, secret: str) -> bool:
 def _verify_password(
     name: str, secret: str, client_ip: str | None, mechanism: str, cache_only: bool = False
 ) -> VerifyResult | None:
-    cached = _cached_success(name, secret, client_ip) if verify_cache.cache.live() else None
+    cached = _cached_success(name, secret, client_ip)  # None unless the notified cache is live
     if cached is not None:
         result, app_password_id = cached
         record_login(result.mailbox_id, client_ip=client_ip, mechanism=mechanism, app_password_id=app_password_id)

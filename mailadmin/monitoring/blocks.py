@@ -271,16 +271,11 @@ class BlockReads:
         self.allowed = None
 
     def _load(self):
-        from mailadmin.monitoring.models import AllowedNetwork, Block
+        from mailadmin.monitoring.models import Block
 
         if self.blocks is not None:
             return
-        self.allowed = []
-        for cidr in AllowedNetwork.objects.values_list("cidr", flat=True):
-            try:
-                self.allowed.append(ipaddress.ip_network(cidr, strict=False))
-            except ValueError:
-                continue
+        self.allowed = _allowed_networks()
         self.blocks = {key: [] for key in self.targets}
         for block in (
             Block.objects.select_for_update()
@@ -368,6 +363,11 @@ def _remember(key, block):
 
 def _allowlist_covers(value: str) -> bool:
     """Does an allowlisted network overlap this address or prefix? (Read from the database: authoritative.)"""
+    return _covered(value, _allowed_networks())
+
+
+def _allowed_networks() -> list:
+    """The allowlisted networks as ip_network objects, read from the database (entries that do not parse left out)."""
     from mailadmin.monitoring.models import AllowedNetwork
 
     networks = []
@@ -376,7 +376,7 @@ def _allowlist_covers(value: str) -> bool:
             networks.append(ipaddress.ip_network(cidr, strict=False))
         except ValueError:
             continue
-    return _covered(value, networks)
+    return networks
 
 
 def _covered(value: str, networks) -> bool:

@@ -1340,38 +1340,17 @@ UPDATED_ON_REPEAT = ["severity", "last_seen", "first_seen", "count", "verdict", 
 
 
 def _live_alert_for_update(rule, entity_key):
-    """The open or acknowledged alert of (rule, entity), locked; None if there is none.
-
-    The same rows as Alert.objects.select_for_update().filter(rule=…, entity_key=…,
-    status__in=[open, acknowledged]).first() (ordered by -last_seen, then pk), in SQL written
-    once: compiling that queryset was the largest single cost of a replayed minute.
-    """
-    from django.db import connection
-
-    sql = _LIVE_ALERT_SQL.get(connection.vendor)
-    if sql is None:
-        table = Alert._meta.db_table
-        sql = _LIVE_ALERT_SQL[connection.vendor] = (
-            f'SELECT * FROM "{table}" WHERE rule = %s AND entity_key = %s AND status IN (%s, %s) '  # noqa: S608
-            "ORDER BY last_seen DESC, id ASC LIMIT 1"
-            # SQLite has no FOR UPDATE (a syntax error there); its IMMEDIATE transactions are
-            # serialised already.
-            + (" FOR UPDATE" if connection.features.has_select_for_update else "")
-        )
-
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [rule, entity_key, Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED])
-        names = [c[0] for c in cursor.description]
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return _alert_from_row(names, row)
+    """The open or acknowledged alert of (rule, entity), locked; None if there is none
+    (at most one is live: the mon_alert_one_live_per_entity unique index)."""
+    return _live_alerts_for_update(rule, [entity_key]).get(entity_key)
 
 
 def _live_alerts_for_update(rule, entity_keys, resolving_at=None) -> dict:
-    """{entity_key: its open or acknowledged alert of `rule`}, locked: _live_alert_for_update for
-    many entities in one query per 500 (at most one live alert per (rule, entity): a unique index).
-    With resolving_at, leaves out the open alerts auto_resolve(resolving_at) would resolve."""
+    """{entity_key: its open or acknowledged alert of `rule`}, locked, in one query per 500
+    entities (at most one live alert per (rule, entity): a unique index). Raw SQL and
+    _alert_from_row: compiling the equivalent queryset was the largest single cost of a
+    replayed minute. With resolving_at, leaves out the open alerts auto_resolve(resolving_at)
+    would resolve. SQLite has no FOR UPDATE (its IMMEDIATE transactions are serialised already)."""
     from django.db import connection
 
     table = connection.ops.quote_name(Alert._meta.db_table)
@@ -1425,7 +1404,6 @@ def _alert_from_row(names, row):
     return Alert.from_db(connection.alias, [f.attname for f in fields], values)
 
 
-_LIVE_ALERT_SQL: dict = {}
 _ALERT_CONVERTERS: dict = {}  # vendor → [(column, its converters)] of Alert's fields
 _UPDATE_ALERT_SQL: dict = {}
 
