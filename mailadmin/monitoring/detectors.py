@@ -521,6 +521,9 @@ class Detection:
         # pk → alert whose UPDATED_ON_REPEAT and action columns are still to be written (flush).
         self.dirty: dict = {}
         self.raised_ids: list = []  # to notify after commit, in one go
+        # (column, key) → _success_logins of the key from the slice's start to T: one read per
+        # source for the shared-source and "used before" checks of the whole slice.
+        self._logins: dict = {}
 
     def _notify(self, alert_id):
         if not self.notify:
@@ -549,6 +552,24 @@ class Detection:
         found = _live_alerts_for_update(rule, keys, None if self.resolved else self.T)
         for key in keys:
             self.live[(rule, key)] = found.get(key)
+
+    def logins(self, column, keys) -> dict:
+        """_success_logins of these keys from the slice's earliest to its latest event (every T a
+        check of the slice asks about), `recent` since T - 7 days; each key read once per slice
+        (detection writes no events). Keyed as _shared_sources looks them up."""
+        norm = _address_text if column == "client_ip" else str
+        missing = sorted({norm(k) for k in keys} - {k for c, k in self._logins if c == column})
+        if missing:
+            times = [r["ts"] for r in self.rows]
+            found = _success_logins(column, missing, min(times), max(*times, self.T), self.T - SHARED_SOURCE_MEMORY)
+            for key in missing:
+                self._logins[(column, key)] = found.get(key, [])
+        return {norm(k): self._logins[(column, norm(k))] for k in keys}
+
+    def logged_in_before(self, column, key, before) -> bool:
+        """A success from this source in (T - 7 days, before), for any `before` up to T."""
+        [(_key, entries)] = self.logins(column, [key]).items()
+        return any(recent is not None and recent < before for *_entry, recent in entries)
 
     def set_action(self, alert, action, expires_at):
         """The alert's action text, written with the slice's other alert updates."""
@@ -709,7 +730,8 @@ def _source_rules(det: Detection, suspect, column, kind):
         if found:
             fired.append((key, batch_rows, sample_row, found))
     # Asked for all the sources that fired at once (nothing below changes the events it reads).
-    shared_sources = _shared_sources(column, [(key, T, "") for key, *_rest in fired])
+    items = [(key, T, "") for key, *_rest in fired]
+    shared_sources = _shared_sources(column, items, det.logins(column, [key for key, *_rest in fired]))
     for rule in windows:
         det.prefetch(
             rule, [f"{kind}:{key}" for key, _rows, _sample, found in fired if any(f[0] == rule for f in found)]
@@ -828,45 +850,64 @@ def _shared_source(column, key, T, exclude_user="") -> bool:
 SHARED_SOURCE_MEMORY = dt.timedelta(days=7)
 
 
-def _shared_sources(column, items) -> list[bool]:
+def _shared_sources(column, items, logins=None) -> list[bool]:
     """[_shared_source(column, key, T, exclude_user) for (key, T, exclude_user) in items], from one
     grouped query instead of one query per item (a batch of an attack on many addresses asked
-    hundreds, each scanning a week of the address's logins).
-
-    Per (key, user): the last login at or before the earliest T, and the first one after it. A
-    user has a login in (T - 7 days, T] exactly when the first is later than T - 7 days or the
-    second is not later than T (the items span less than the 7 days; otherwise item by item).
+    hundreds, each scanning a week of the address's logins). `logins`: _success_logins of every
+    key, read with lo at or before every T and hi at or after it (Detection.logins).
     """
     if not items:
         return []
-    lo = min(T for _key, T, _user in items)
-    hi = max(T for _key, T, _user in items)
-    if len(items) == 1 or hi - lo >= SHARED_SOURCE_MEMORY:
-        return [_shared_source(column, key, T, user) for key, T, user in items]
+    if logins is None:
+        lo = min(T for _key, T, _user in items)
+        hi = max(T for _key, T, _user in items)
+        if len(items) == 1 or hi - lo >= SHARED_SOURCE_MEMORY:
+            return [_shared_source(column, key, T, user) for key, T, user in items]
+        logins = _success_logins(column, sorted({key for key, _T, _user in items}), lo, hi)
     norm = _address_text if column == "client_ip" else str
-    logins = defaultdict(list)  # key → [(username, last at or before lo, first after lo)]
-    for found in (
-        AuthEvent.objects.filter(
-            **{f"{column}__in": sorted({key for key, _T, _user in items})},
-            result=Result.SUCCESS,
-            ts__gt=lo - SHARED_SOURCE_MEMORY,
-            ts__lte=hi,
-        )
-        .values(column, "username")
-        .annotate(before=Max("ts", filter=Q(ts__lte=lo)), after=Min("ts", filter=Q(ts__gt=lo)))
-    ):
-        logins[norm(found[column])].append((found["username"], found["before"], found["after"]))
     answers = []
     for key, T, user in items:
         since = T - SHARED_SOURCE_MEMORY
         users = {
             name
-            for name, before, after in logins.get(norm(key), ())
+            for name, before, after, _recent in logins.get(norm(key), ())
             if (name != user or not user)
             and ((before is not None and before > since) or (after is not None and after <= T))
         }
         answers.append(len(users) >= SHARED_SOURCE_USERS)
     return answers
+
+
+def _success_logins(column, keys, lo, hi, recent_after=None) -> dict:
+    """{key: [(username, before, after, recent)]} for the successes from these keys in
+    (lo - 7 days, hi], per user: the last at or before lo, the first after lo, the first after
+    `recent_after` (default hi - 7 days; at least lo - 7 days) — one grouped query, keys as
+    Python writes them.
+
+    A user has a login in (T - 7 days, T], for any lo <= T <= hi with hi - lo < 7 days, exactly
+    when `before` is later than T - 7 days or `after` is not later than T; `recent` tells whether
+    there is one in (recent_after, x) for any x up to hi.
+    """
+    if recent_after is None:
+        recent_after = hi - SHARED_SOURCE_MEMORY
+    norm = _address_text if column == "client_ip" else str
+    logins = defaultdict(list)
+    for found in (
+        AuthEvent.objects.filter(
+            **{f"{column}__in": keys},
+            result=Result.SUCCESS,
+            ts__gt=lo - SHARED_SOURCE_MEMORY,
+            ts__lte=hi,
+        )
+        .values(column, "username")
+        .annotate(
+            before=Max("ts", filter=Q(ts__lte=lo)),
+            after=Min("ts", filter=Q(ts__gt=lo)),
+            recent=Min("ts", filter=Q(ts__gt=recent_after)),
+        )
+    ):
+        logins[norm(found[column])].append((found["username"], found["before"], found["after"], found["recent"]))
+    return logins
 
 
 def _address_text(value) -> str:
@@ -904,13 +945,9 @@ def _respond_block(det, alert, rule, kind, key, sample_row, T):
     if kind == "prefix":
         if sample_row["network_kind"] == NetworkKind.MOBILE:
             return  # a carrier's prefix is shared by many subscribers
-        if AuthEvent.objects.filter(
-            prefix=key, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lte=T
-        ).exists():
+        if det.logged_in_before("prefix", key, T + dt.timedelta.resolution):  # in (T - 7 days, T]
             return  # somebody legitimate uses this prefix
-    elif AuthEvent.objects.filter(
-        client_ip=key, result=Result.SUCCESS, ts__gt=T - dt.timedelta(days=7), ts__lt=alert.first_seen
-    ).exists():
+    elif _used_before(det, key, alert.first_seen):
         return  # people logged in from here before the failures began: a home or small office, not a bot
     block = create_block(
         Block.Kind.IP if kind == "ip" else Block.Kind.PREFIX,
@@ -921,6 +958,15 @@ def _respond_block(det, alert, rule, kind, key, sample_row, T):
         now=T,
     )
     _record_action(det, alert, block)
+
+
+def _used_before(det, ip, before) -> bool:
+    """A success from this address in (T - 7 days, before), T the slice's."""
+    if before <= det.T:  # (det.logins read every success up to T)
+        return det.logged_in_before("client_ip", ip, before)
+    return AuthEvent.objects.filter(
+        client_ip=ip, result=Result.SUCCESS, ts__gt=det.T - SHARED_SOURCE_MEMORY, ts__lt=before
+    ).exists()
 
 
 def _record_action(det, alert, block):
@@ -1218,7 +1264,11 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         if by_source or by_user:
             candidates.append((row, by_ip, by_source, by_user))
     # Asked for all candidates at once (nothing below changes the events it reads).
-    shared = _shared_sources("client_ip", [(r["client_ip"], r["ts"], r["username"]) for r, *_by in candidates])
+    shared = _shared_sources(
+        "client_ip",
+        [(r["client_ip"], r["ts"], r["username"]) for r, *_by in candidates],
+        det.logins("client_ip", [r["client_ip"] for r, *_by in candidates]),
+    )
     det.prefetch("success_after_attack", [f"user:{r['username']}" for r, *_by in candidates])
     # The blocks below, read (and locked) at once: one query instead of one per login.
     reads = BlockReads(

@@ -538,7 +538,7 @@ def test_shared_sources_answer_as_one_query_per_item_would():
     """The batched "many users log in from here" check equals _shared_source asked item by item,
     at the edges of its week (a login exactly 7 days before T is outside, one at T inside)."""
     from mailadmin.monitoring.blocks import prefix_of
-    from mailadmin.monitoring.detectors import SHARED_SOURCE_MEMORY, _shared_source, _shared_sources
+    from mailadmin.monitoring.detectors import SHARED_SOURCE_MEMORY, _shared_source, _shared_sources, _success_logins
 
     nat, v6 = "192.0.2.44", "2001:db8:0:1::5"
     T0 = BASE + dt.timedelta(days=8)
@@ -562,6 +562,10 @@ def test_shared_sources_answer_as_one_query_per_item_would():
     ]
     for column, key_of in (("client_ip", str), ("prefix", prefix_of)):
         keyed = [(key_of(ip), T, user) for ip, T, user in items]
-        assert _shared_sources(column, keyed) == [_shared_source(column, k, T, u) for k, T, u in keyed]
+        expected = [_shared_source(column, k, T, u) for k, T, u in keyed]
+        assert _shared_sources(column, keyed) == expected
+        # Read once for a whole slice (Detection.logins): from before the earliest T to after the latest.
+        wide = _success_logins(column, sorted({k for k, _T, _u in keyed}), T0 - M, T0 + 2 * H)
+        assert _shared_sources(column, keyed, wide) == expected
     answers = _shared_sources("client_ip", items)
     assert True in answers and False in answers
