@@ -520,19 +520,24 @@ class Detection:
         self.live: dict = {}
         # pk → alert whose UPDATED_ON_REPEAT and action columns are still to be written (flush).
         self.dirty: dict = {}
-        self.raised_ids: list = []  # to notify after commit, in one go
+        self.raised_alerts: list = []  # to notify after commit, in one go (their ids by then)
+        self._notify_hooked = False
+        # (rule, entity_key) → [new alert not inserted yet, [(entity, its findings' arguments)], times
+        # counted as raised]: written by insert_new().
+        self.pending: dict = {}
         # (column, key) → _success_logins of the key from the slice's start to T: one read per
         # source for the shared-source and "used before" checks of the whole slice.
         self._logins: dict = {}
 
-    def _notify(self, alert_id):
+    def _notify(self, alert):
         if not self.notify:
             return
-        if not self.raised_ids:
+        if not self._notify_hooked:
             from mailadmin.monitoring import notify as notify_mod
 
-            transaction.on_commit(lambda ids=self.raised_ids: notify_mod.alerts_raised(ids))
-        self.raised_ids.append(alert_id)
+            transaction.on_commit(lambda raised=self.raised_alerts: notify_mod.alerts_raised([a.pk for a in raised]))
+            self._notify_hooked = True
+        self.raised_alerts.append(alert)
 
     def _resolve_first(self):
         if not self.resolved:
@@ -576,13 +581,56 @@ class Detection:
         alert.action, alert.action_expires_at = action, expires_at
         self.dirty[alert.pk] = alert
 
+    def insert_new(self):
+        """INSERT the alerts alert(…, batched=True) opened, in one statement: they get their ids.
+
+        One that another worker opened at the same moment (found at the insert, as raise_alert
+        finds it) takes that worker's alert instead, with this slice's findings applied to it
+        as raise_alert would have; its notices are then one at most."""
+        if not self.pending:
+            return
+        _insert_alerts([alert for alert, _findings, _raised in self.pending.values()])
+        for (rule, entity_key), (alert, findings, raised) in self.pending.items():
+            if alert.pk is not None:
+                continue
+            (entity, args), *later = findings
+            found, fresh = raise_alert(rule, entity_key, entity, notify=False, **args)
+            for entity, args in later:
+                fresh = _repeat_alert(found, entity=entity, **args) or fresh
+            for f in Alert._meta.concrete_fields:  # the callers hold `alert`: it becomes that one
+                setattr(alert, f.attname, getattr(found, f.attname))
+            alert._state.adding, alert._state.db = False, found._state.db
+            self.dirty[alert.pk] = alert
+            self.raised_alerts[:] = [a for a in self.raised_alerts if a is not alert]
+            self.raised -= raised
+            if fresh:
+                self._notify(alert)
+                self.raised += 1
+        self.pending.clear()
+
     def flush(self):
         """Write the slice's pending alert updates (before anything reads the alerts again)."""
+        self.insert_new()
         if self.dirty:
             _update_alerts(list(self.dirty.values()))
             self.dirty.clear()
 
-    def alert(self, rule, entity_key, entity, *, count, first_seen, verdict, samples, domain_name="", severity=None):
+    def alert(
+        self,
+        rule,
+        entity_key,
+        entity,
+        *,
+        count,
+        first_seen,
+        verdict,
+        samples,
+        domain_name="",
+        severity=None,
+        batched=False,
+    ):
+        """Raise or update the alert of (rule, entity). batched: a new one is only made in memory,
+        inserted with the slice's others by insert_new() (call it before using its pk)."""
         self._resolve_first()
         p = self.params[rule]
         severity = severity or p["severity"]
@@ -597,16 +645,24 @@ class Detection:
             "samples": samples,
         }
         alert = self.live.get((rule, entity_key))
+        absent = alert is None and (rule, entity_key) in self.live  # prefetched: none live
         if alert is not None:  # read (and locked) earlier in this slice: updated in memory
             fresh = _repeat_alert(alert, entity=entity, **args)
-            self.dirty[alert.pk] = alert
+            if alert.pk is None:
+                pending = self.pending[(rule, entity_key)]
+                pending[1].append((entity, args))
+                pending[2] += fresh
+            else:
+                self.dirty[alert.pk] = alert
+        elif absent and batched:
+            alert, fresh = _new_alert(rule, entity_key, entity, domain_name=domain_name, **args), True
+            self.pending[(rule, entity_key)] = [alert, [(entity, {**args, "domain_name": domain_name})], 1]
         else:
-            absent = (rule, entity_key) in self.live  # prefetched: none live
             alert, fresh = raise_alert(
                 rule, entity_key, entity, domain_name=domain_name, notify=False, absent=absent, **args
             )
         if fresh:
-            self._notify(alert.pk)
+            self._notify(alert)
         self.live[(rule, entity_key)] = alert  # the row as written: later updates in memory
         self.last_fresh = fresh
         if fresh:
@@ -736,6 +792,7 @@ def _source_rules(det: Detection, suspect, column, kind):
         det.prefetch(
             rule, [f"{kind}:{key}" for key, _rows, _sample, found in fired if any(f[0] == rule for f in found)]
         )
+    responses = []
     for (key, batch_rows, sample_row, found), shared in zip(fired, shared_sources, strict=True):
         entity = {kind: key, "country": sample_row["country"], "asn": sample_row["asn_key"]}
         if kind == "ip":
@@ -755,9 +812,13 @@ def _source_rules(det: Detection, suspect, column, kind):
                 verdict=verdict,
                 samples=[_sample(r) for r in batch_rows[-SAMPLES_PER_UPDATE:]],
                 severity=severity,
+                batched=True,
             )
             if not shared:
-                _respond_block(det, alert, rule, kind, key, sample_row, T)
+                responses.append((alert, rule, key, sample_row))
+    det.insert_new()  # the new alerts in one INSERT, before their ids go into the blocks' reasons
+    for alert, rule, key, sample_row in responses:
+        _respond_block(det, alert, rule, kind, key, sample_row, T)
 
 
 def _source_queryset(column, keys, windows, T):
@@ -1279,6 +1340,7 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
         ],
         min((r["ts"] for r, *_by in candidates), default=det.T),
     )
+    responses = []
     for (row, by_ip, by_source, by_user), is_shared in zip(candidates, shared, strict=True):
         ip, ts, user = row["client_ip"], row["ts"], row["username"]
         if is_shared:
@@ -1298,7 +1360,12 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
             )[:255],
             samples=[_sample(row)],
             domain_name=domain_of(user),
+            batched=True,
         )
+        responses.append((alert, row, by_ip))
+    det.insert_new()  # the new alerts in one INSERT, before their ids go into the blocks' reasons
+    for alert, row, by_ip in responses:
+        ip, ts, user = row["client_ip"], row["ts"], row["username"]
         # The attacking address itself: block it. A login from elsewhere while the account was
         # under attack: block that address for this user only (it may be a shared one).
         block = create_block(
@@ -1525,8 +1592,6 @@ def raise_alert(
     count > 0 is the rule's count over its window (kept as a maximum); count < 0 adds -count.
     absent: this transaction has read already that none is live (a concurrent insert is still caught).
     """
-    quiet = dt.timedelta(seconds=max(window_seconds, 600) * 2)
-    entity = {k: v for k, v in entity.items() if v not in (None, "")}
     # A savepoint only around the INSERT (what a concurrent worker can make fail): the
     # common case, updating the live alert, costs no SAVEPOINT/RELEASE round trips.
     with transaction.atomic(savepoint=False):
@@ -1535,20 +1600,20 @@ def raise_alert(
             if alert is None:
                 try:
                     with transaction.atomic():
-                        alert = Alert.objects.create(
-                            rule=rule,
-                            entity_key=entity_key[:400],
-                            entity=entity,
+                        alert = _new_alert(
+                            rule,
+                            entity_key,
+                            entity,
                             severity=severity,
-                            verdict=verdict,
-                            domain_name=domain_name,
-                            first_seen=min(first_seen, ts),
-                            last_seen=ts,
-                            count=abs(count),
+                            ts=ts,
+                            first_seen=first_seen,
+                            count=count,
                             window_seconds=window_seconds,
-                            evidence=samples[:MAX_EVIDENCE],
-                            resolve_after=ts + quiet,
+                            verdict=verdict,
+                            samples=samples,
+                            domain_name=domain_name,
                         )
+                        alert.save(force_insert=True)
                 except IntegrityError:
                     continue  # another worker opened it at the same moment: update that one
                 fresh = True
@@ -1571,6 +1636,55 @@ def raise_alert(
                 transaction.on_commit(lambda alert_id=alert.pk: notify_mod.alert_raised(alert_id))
             return alert, fresh
     raise RuntimeError(f"could not raise alert {rule} {entity_key}")
+
+
+def _new_alert(
+    rule, entity_key, entity, *, severity, ts, first_seen, count, window_seconds, verdict, samples, domain_name=""
+):
+    """The alert raise_alert opens for a first finding (not saved)."""
+    return Alert(
+        rule=rule,
+        entity_key=entity_key[:400],
+        entity={k: v for k, v in entity.items() if v not in (None, "")},
+        severity=severity,
+        verdict=verdict,
+        domain_name=domain_name,
+        first_seen=min(first_seen, ts),
+        last_seen=ts,
+        count=abs(count),
+        window_seconds=window_seconds,
+        evidence=samples[:MAX_EVIDENCE],
+        resolve_after=ts + dt.timedelta(seconds=max(window_seconds, 600) * 2),
+    )
+
+
+def _insert_alerts(alerts) -> None:
+    """INSERT these new alerts in one statement per 500 (RETURNING their ids, set on them), except
+    any whose (rule, entity) another transaction opened meanwhile: those keep pk None (the
+    unique index of live alerts; ON CONFLICT DO NOTHING instead of an error and a savepoint)."""
+    from django.db import connection
+
+    table = connection.ops.quote_name(Alert._meta.db_table)
+    fields = [f for f in Alert._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    # The unique index's own condition, as literals: the server matches the conflict target to it.
+    live = ", ".join(f"'{status}'" for status in (Alert.Status.OPEN, Alert.Status.ACKNOWLEDGED))
+    by_key = {(a.rule, a.entity_key): a for a in alerts}
+    per = 500 if connection.vendor == "postgresql" else max(1, 900 // len(fields))  # SQLite's variable limit
+    with connection.cursor() as cursor:
+        for start in range(0, len(alerts), per):
+            chunk = alerts[start : start + per]
+            params = [f.get_db_prep_save(getattr(a, f.attname), connection) for a in chunk for f in fields]
+            # Identifiers come from model metadata; every value is a parameter.
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))} "  # noqa: S608
+                f"ON CONFLICT (rule, entity_key) WHERE status IN ({live}) DO NOTHING RETURNING id, rule, entity_key",
+                params,
+            )
+            for pk, rule, entity_key in cursor.fetchall():
+                alert = by_key[(rule, entity_key)]
+                alert.pk, alert._state.adding, alert._state.db = pk, False, connection.alias
 
 
 def _repeat_alert(alert, *, severity, ts, first_seen, count, window_seconds, verdict, entity, samples) -> bool:

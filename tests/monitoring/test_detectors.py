@@ -569,3 +569,33 @@ def test_shared_sources_answer_as_one_query_per_item_would():
         assert _shared_sources(column, keyed, wide) == expected
     answers = _shared_sources("client_ip", items)
     assert True in answers and False in answers
+
+
+@pytest.mark.django_db
+def test_batched_new_alert_opened_meanwhile_by_another_worker():
+    """A new alert made in memory (Detection.alert(batched=True)) whose (rule, entity) another worker
+    opened before the slice's INSERT becomes that worker's alert, with the slice's findings applied
+    as raise_alert applies them, and is not announced as new."""
+    from mailadmin.monitoring.detectors import Detection, raise_alert
+
+    key, ip = "ip:198.51.100.7", "198.51.100.7"
+    sample = {"ts": BASE.isoformat(), "ip": ip, "username": "a@a.example"}
+    det = Detection([{"ts": BASE}], notify=False)
+    det.prefetch("spray", [key])  # none live
+    mine = det.alert(
+        "spray", key, {"ip": ip}, count=6, first_seen=BASE - M, verdict="mine", samples=[sample], batched=True
+    )
+    assert mine.pk is None and det.raised == 1
+    other, _ = raise_alert(
+        "spray", key, {"ip": ip}, severity="high", ts=BASE - M, first_seen=BASE - 2 * M, count=3,
+        window_seconds=3600, verdict="other", samples=[],
+    )  # fmt: skip
+    det.alert(
+        "spray", key, {"ip": ip, "country": "NL"}, count=8, first_seen=BASE, verdict="again", samples=[], batched=True
+    )
+    det.flush()
+    stored = Alert.objects.get()
+    assert mine.pk == other.pk == stored.pk
+    assert (stored.count, stored.first_seen, stored.last_seen, stored.verdict) == (8, BASE - 2 * M, BASE, "again")
+    assert stored.entity == {"ip": ip, "country": "NL"} and stored.evidence == [sample]
+    assert det.raised == 0  # the other worker's alert, not escalated: nothing new to announce
