@@ -51,11 +51,16 @@ def reset():
         for model in models:
             model.objects.all().delete()
         return
-    # TRUNCATE, not DELETE: every run starts from empty, unbloated tables with fresh
-    # planner statistics (this server runs with autovacuum off).
+    # TRUNCATE, not DELETE: every run starts from empty, unbloated tables. And from no planner
+    # statistics at all: ANALYZE of an empty table keeps the column statistics of the last one
+    # that had rows (an earlier run's, or none), so runs planned differently by history alone
+    # (this server runs with autovacuum off; --analyze keeps them fresh as autovacuum would).
     tables = ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {tables} CASCADE")
+        cursor.execute(
+            "DELETE FROM pg_statistic WHERE starelid = ANY(%s::regclass[])", [[m._meta.db_table for m in models]]
+        )
         cursor.execute(f"ANALYZE {tables}")
 
 
