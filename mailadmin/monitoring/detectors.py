@@ -1299,7 +1299,9 @@ def _success_rules(det: Detection, rows, *, check_attacks=True):
     # Performance only: the keys of the few recent attack alerts first, instead of sending
     # three keys per success of the batch (thousands of parameters) with every query.
     keys &= set(recent.values_list("entity_key", flat=True))
-    for a in recent.filter(entity_key__in=keys).order_by("-last_seen", "pk") if keys else ():
+    # Only what the checks and the verdict read (an alert storm had thousands, evidence and all).
+    attack_alerts = recent.filter(entity_key__in=keys).only("id", "rule", "entity_key", "first_seen", "last_seen")
+    for a in attack_alerts.order_by("-last_seen", "pk") if keys else ():
         flagged[a.entity_key].append(a)  # ordered by pk too: the verdict names the same cause every run
     if not flagged:
         return

@@ -64,7 +64,8 @@ def alert_raised(alert_id: int, alert: Alert | None = None) -> None:
 
 def alerts_raised(alert_ids: list[int]) -> None:
     """alert_raised for each of these (in order, repeats too), the alerts read in one query."""
-    alerts = Alert.objects.in_bulk(set(alert_ids))
+    # Only what alert_raised reads (and the digest rows' foreign key): not the evidence of each.
+    alerts = Alert.objects.only("id", "rule", "severity", "domain_name").in_bulk(set(alert_ids))
     for alert_id in alert_ids:
         if alert_id in alerts:
             alert_raised(alert_id, alerts[alert_id])
