@@ -171,10 +171,11 @@ def in_process(events, batch):
     return {"rate": round(len(events) / elapsed), "per_cpu_second": round(len(events) / cpu), "cpu_seconds": cpu}
 
 
-def with_workers(events, batch, workers, concurrency, pool="prefork", log_path=None, analyze=False):
+def with_workers(events, batch, workers, concurrency, pool="prefork", log_path=None, analyze=False, queues="ingest"):
     reset()
     client = app.connection_for_write().default_channel.client
-    client.delete("ingest")
+    for queue in queues.split(","):
+        client.delete(queue)  # (an earlier run's alert mail tasks too: their alerts are gone)
     env = dict(os.environ)
     log = open(log_path, "a") if log_path else subprocess.DEVNULL  # noqa: SIM115
     procs = [
@@ -187,7 +188,7 @@ def with_workers(events, batch, workers, concurrency, pool="prefork", log_path=N
                 "mailadmin",
                 "worker",
                 "-Q",
-                "ingest",
+                queues,
                 "-c",
                 str(concurrency),
                 "--pool",
@@ -260,6 +261,12 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--pool", default="prefork", help="prefork, or solo (one task at a time per worker)")
+    parser.add_argument(
+        "--queues",
+        default="ingest",
+        help="the workers' queues: ingest (mailadmin-worker@ingest), or ingest,alerts to run the alert mail "
+        "tasks the detectors publish on the same pool, as the one mailadmin-worker of a small installation does",
+    )
     parser.add_argument("--no-in-process", dest="in_process", action="store_false")
     parser.add_argument(
         "--analyze",
@@ -276,7 +283,7 @@ if __name__ == "__main__":
     result = {"stored": len(events)}  # --workers 0: in-process only
     if args.workers:
         result = with_workers(
-            events, args.batch, args.workers, args.concurrency, args.pool, args.worker_log, args.analyze
+            events, args.batch, args.workers, args.concurrency, args.pool, args.worker_log, args.analyze, args.queues
         )
     result.update(
         events=args.events,
@@ -284,6 +291,7 @@ if __name__ == "__main__":
         workers=args.workers,
         concurrency=args.concurrency,
         pool=args.pool,
+        queues=args.queues,
         in_process_rate=direct.get("rate"),
         in_process_per_cpu_second=direct.get("per_cpu_second"),
         load_average_before=load_before,
