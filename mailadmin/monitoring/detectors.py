@@ -166,22 +166,18 @@ def classify_and_learn(rows: list[dict]) -> None:
     baselines = {b.username: b for b in _locked_baselines(users)}
     for user in claimed:  # placeholders only: judged as "no baseline yet", exactly as before
         del baselines[user]
-    failing_known = [u for u in {r["username"] for r in rows if _is_failure(r)} if u in baselines]
+    failing_known = {u for u in {r["username"] for r in rows if _is_failure(r)} if u in baselines}
     since = rows[0]["ts"] - STALE_MEMORY
-    recent_pairs = set()
-    if failing_known:
-        recent_pairs = _past_failures(("username", "pw_fp"), failing_known, None, since)
     # (ip, user, fingerprint) that already failed: the same wrong password sent again from the
     # same place is a misconfigured client (a relay after a migration), never a new guess.
     failing = [r for r in rows if _is_failure(r) and r["pw_fp"] is not None]
-    seen_triples = set()
-    if failing:
-        seen_triples = _past_failures(
-            ("client_ip", "username", "pw_fp"),
-            {r["username"] for r in failing},
-            {r["client_ip"] for r in failing},
-            since,
-        )
+    failing_users, failing_ips = {r["username"] for r in failing}, {r["client_ip"] for r in failing}
+    # One read for both: the known users' (user, fingerprint) pairs and the failing sources' triples.
+    past = set()
+    if failing_known or failing:
+        past = _past_failures(("client_ip", "username", "pw_fp"), failing_known | failing_users, since)
+    recent_pairs = {(user, fp) for _ip, user, fp in past if user in failing_known}
+    seen_triples = {(ip, user, fp) for ip, user, fp in past if user in failing_users and ip in failing_ips}
     guesses = Counter((ip, user) for ip, user, _fp in seen_triples)
     # Addresses flagged by an attack rule in the last hour: a login from one of them is the
     # attacker's (success after attack), not a place the user is.
@@ -244,19 +240,17 @@ def classify_and_learn(rows: list[dict]) -> None:
     _save_baselines([baselines[u] for u in sorted(changed)])
 
 
-def _past_failures(columns: tuple, users, ips, since) -> set[tuple]:
-    """Distinct `columns` of stored failures with a fingerprint since `since`, of these users
-    (and, when `ips` is given, from these addresses).
+def _past_failures(columns: tuple, users, since) -> set[tuple]:
+    """Distinct `columns` of stored failures with a fingerprint since `since`, of these users.
 
-    On PostgreSQL the names and addresses go as array parameters (server-side binding): the
-    ORM's __in lookups quoted every one of them into the SQL text in Python, every batch.
+    On PostgreSQL the names go as an array parameter (server-side binding): the ORM's __in
+    lookup quoted every one of them into the SQL text in Python, every batch.
     """
     from django.db import connection
 
     if connection.vendor != "postgresql":
-        lookups = {"username__in": users, **({"client_ip__in": ips} if ips is not None else {})}
         return set(
-            AuthEvent.objects.filter(**lookups, ts__gte=since, result__in=FAILURE_RESULTS, pw_fp__isnull=False)
+            AuthEvent.objects.filter(username__in=users, ts__gte=since, result__in=FAILURE_RESULTS, pw_fp__isnull=False)
             .values_list(*columns)
             .distinct()
         )
@@ -265,9 +259,6 @@ def _past_failures(columns: tuple, users, ips, since) -> set[tuple]:
     table = connection.ops.quote_name(AuthEvent._meta.db_table)
     params = [list(users), since, sorted(str(r) for r in FAILURE_RESULTS)]
     where = "username = ANY(%b::text[]) AND ts >= %b AND result = ANY(%b::text[]) AND pw_fp IS NOT NULL"
-    if ips is not None:
-        where += " AND client_ip = ANY(%b::inet[])"
-        params.append(list(ips))
     with bound_cursor() as cursor:
         # Identifiers come from model metadata and this function's callers; every value is a parameter.
         cursor.execute(f"SELECT DISTINCT {', '.join(columns)} FROM {table} WHERE {where}", params)  # noqa: S608
