@@ -314,6 +314,7 @@ CELERY_TASK_ROUTES = {
     "monitoring.prune_events": {"queue": "ingest"},
     "monitoring.advance_windows": {"queue": "ingest"},
     "monitoring.send_alert_email": {"queue": "alerts"},
+    "monitoring.send_alert_emails": {"queue": "alerts"},
     "monitoring.send_digests": {"queue": "alerts"},
     "monitoring.send_owner_notice": {"queue": "alerts"},
 }

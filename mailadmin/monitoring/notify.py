@@ -42,16 +42,20 @@ def recipients_for(alert: Alert) -> list[str]:
     return sorted(emails)
 
 
-def alert_raised(alert_id: int, alert: Alert | None = None) -> None:
-    """Called (after commit) when an alert opens or its severity rises (`alert`: read already)."""
+def alert_raised(alert_id: int, alert: Alert | None = None, immediate: list | None = None) -> None:
+    """Called (after commit) when an alert opens or its severity rises (`alert`: read already).
+    `immediate`: collects the ids to mail at once instead of publishing a task for each."""
     if alert is None:
         alert = Alert.objects.filter(pk=alert_id).first()
     if alert is None:
         return
     if alert.severity in IMMEDIATE:
-        from mailadmin.monitoring.tasks import send_alert_email
+        if immediate is not None:
+            immediate.append(alert_id)
+        else:
+            from mailadmin.monitoring.tasks import send_alert_email
 
-        send_alert_email.delay(alert_id)
+            send_alert_email.delay(alert_id)
     else:
         digest = "hourly" if alert.severity == Severity.MEDIUM else "daily"
         for email in recipients_for(alert):
@@ -63,12 +67,19 @@ def alert_raised(alert_id: int, alert: Alert | None = None) -> None:
 
 
 def alerts_raised(alert_ids: list[int]) -> None:
-    """alert_raised for each of these (in order, repeats too), the alerts read in one query."""
+    """alert_raised for each of these (in order, repeats too), the alerts read in one query, and
+    one task that mails the immediate ones at once, in order (an alert storm published thousands,
+    each a task for the worker of a small installation to run between ingest batches)."""
     # Only what alert_raised reads (and the digest rows' foreign key): not the evidence of each.
     alerts = Alert.objects.only("id", "rule", "severity", "domain_name").in_bulk(set(alert_ids))
+    immediate = []
     for alert_id in alert_ids:
         if alert_id in alerts:
-            alert_raised(alert_id, alerts[alert_id])
+            alert_raised(alert_id, alerts[alert_id], immediate)
+    if immediate:
+        from mailadmin.monitoring.tasks import send_alert_emails
+
+        send_alert_emails.delay(immediate)
 
 
 def _queue_digest(email, alert, digest, now=None):

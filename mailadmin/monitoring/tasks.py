@@ -156,6 +156,15 @@ def send_alert_email(alert_id):
     return send_immediate(alert_id)
 
 
+@shared_task(name="monitoring.send_alert_emails", autoretry_for=(OSError,), retry_backoff=5, max_retries=5)
+def send_alert_emails(alert_ids):
+    """send_alert_email for each, in order (one task for a detector slice's alerts). A retry
+    goes through the list again: send_immediate skips the recipients already mailed."""
+    from mailadmin.monitoring.notify import send_immediate
+
+    return sum(send_immediate(alert_id) for alert_id in alert_ids)
+
+
 @shared_task(name="monitoring.send_digests", autoretry_for=(OSError,), retry_backoff=30, max_retries=5)
 def send_digests(kind="hourly"):
     from mailadmin.monitoring.notify import send_digests as send

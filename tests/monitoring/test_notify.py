@@ -132,3 +132,21 @@ def test_owner_notice_at_most_once_a_day(settings):
     assert not notify.send_owner_notice(alert.pk, now=NOW + dt.timedelta(hours=5))
     assert notify.send_owner_notice(alert.pk, now=NOW + dt.timedelta(hours=25))
     assert mail.outbox[0].to == ["ann@a.example"] and "New sign-in" in mail.outbox[0].subject
+
+
+@pytest.mark.django_db
+def test_a_slices_immediate_alerts_go_out_in_one_task_each_mailed_at_once(superadmin, settings, monkeypatch):
+    """alerts_raised publishes one send_alert_emails task for all its high/critical alerts (in order,
+    repeats too) instead of one task each; running it mails each alert as send_alert_email would."""
+    from mailadmin.monitoring import tasks
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    published = []
+    monkeypatch.setattr(tasks.send_alert_emails, "delay", lambda ids: published.append(ids))
+    monkeypatch.setattr(tasks.send_alert_email, "delay", lambda alert_id: pytest.fail("one task per alert"))
+    high, critical, medium = make_alert("high", n=1), make_alert("critical", n=2), make_alert("medium", n=3)
+    notify.alerts_raised([high.pk, medium.pk, critical.pk, high.pk])
+    assert published == [[high.pk, critical.pk, high.pk]]
+    assert PendingDigest.objects.filter(alert=medium).exists()
+    assert tasks.send_alert_emails.run(published[0]) == 2  # the repeat finds it mailed already
+    assert len(mail.outbox) == 2
