@@ -232,7 +232,7 @@ def measure(repeat: int, only: str = "", advance: bool = True):
     from mailadmin.monitoring.charts import CHARTS
 
     cases = []
-    for rng in ("24h", "7d", "30d"):
+    for rng in ("1h", "24h", "7d", "30d"):  # issue 6's target: each of them
         cases.append((f"overview data (fragment: counters + all charts) {rng}", f"/monitoring/fragment/?range={rng}"))
     for name in CHARTS:
         cases.append((f"chart {name}.json 24h", f"/monitoring/charts/{name}.json?range=24h"))
