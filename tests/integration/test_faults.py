@@ -28,7 +28,9 @@ from tests.smtpd.conftest import (  # noqa: F401 (fixtures)
 from tests.smtpd.test_events import ThrowawayRedis, free_port, restore_unacked
 
 pytestmark = pytest.mark.integration
-BATCHES, BATCH_SIZE = 6, 1000
+# Enough that the kill lands mid-run: the worker takes up to 5,000 queued events per task
+# (tasks.COALESCE_MAX_EVENTS) with two processes, so 6 batches could all be in before it.
+BATCHES, BATCH_SIZE = 24, 1000
 
 
 def publish(env, batches, tmp_path):
