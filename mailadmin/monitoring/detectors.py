@@ -902,20 +902,13 @@ def _shared_source(column, key, T, exclude_user="") -> bool:
 SHARED_SOURCE_MEMORY = dt.timedelta(days=7)
 
 
-def _shared_sources(column, items, logins=None) -> list[bool]:
+def _shared_sources(column, items, logins) -> list[bool]:
     """[_shared_source(column, key, T, exclude_user) for (key, T, exclude_user) in items], from one
-    grouped query instead of one query per item (a batch of an attack on many addresses asked
+    grouped read instead of one query per item (a batch of an attack on many addresses asked
     hundreds, each scanning a week of the address's logins). `logins`: _success_logins of every
-    key, read with lo at or before every T and hi at or after it (Detection.logins).
+    key, read with lo at or before every T and hi at or after it, hi - lo under 7 days
+    (Detection.logins: a slice spans at most a minute).
     """
-    if not items:
-        return []
-    if logins is None:
-        lo = min(T for _key, T, _user in items)
-        hi = max(T for _key, T, _user in items)
-        if len(items) == 1 or hi - lo >= SHARED_SOURCE_MEMORY:
-            return [_shared_source(column, key, T, user) for key, T, user in items]
-        logins = _success_logins(column, sorted({key for key, _T, _user in items}), lo, hi)
     norm = _address_text if column == "client_ip" else str
     answers = []
     for key, T, user in items:

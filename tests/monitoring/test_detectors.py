@@ -563,12 +563,14 @@ def test_shared_sources_answer_as_one_query_per_item_would():
     for column, key_of in (("client_ip", str), ("prefix", prefix_of)):
         keyed = [(key_of(ip), T, user) for ip, T, user in items]
         expected = [_shared_source(column, k, T, u) for k, T, u in keyed]
-        assert _shared_sources(column, keyed) == expected
-        # Read once for a whole slice (Detection.logins): from before the earliest T to after the latest.
-        wide = _success_logins(column, sorted({k for k, _T, _u in keyed}), T0 - M, T0 + 2 * H)
+        keys = sorted({k for k, _T, _u in keyed})
+        # Read from exactly the earliest T to the latest, and for a whole slice (Detection.logins):
+        # from before the earliest T to after the latest.
+        tight = _success_logins(column, keys, min(T for _k, T, _u in keyed), max(T for _k, T, _u in keyed))
+        assert _shared_sources(column, keyed, tight) == expected
+        wide = _success_logins(column, keys, T0 - M, T0 + 2 * H)
         assert _shared_sources(column, keyed, wide) == expected
-    answers = _shared_sources("client_ip", items)
-    assert True in answers and False in answers
+        assert True in expected and False in expected
 
 
 @pytest.mark.django_db
